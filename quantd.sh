@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# quantd developer entry point: deps | build | demo | test | bench.
+# `./quantd.sh demo` and `./quantd.sh test` work on a fresh Debian 12 machine;
+# each installs what is missing and builds first.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BUILD_DIR="${QUANTD_BUILD_DIR:-$ROOT/build}"
+ASAN_BUILD_DIR="${QUANTD_ASAN_BUILD_DIR:-$ROOT/build-asan}"
+JOBS="${QUANTD_JOBS:-$(nproc)}"
+export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/quantd-ccache}"
+
+DEBIAN_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libonnx-dev libopencv-dev libeigen3-dev libdnnl-dev
+  libboost-dev libboost-system-dev prometheus-cpp-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev libsqlite3-dev libarchive-dev libssl-dev nlohmann-json3-dev
+  nodejs npm
+  python3 python3-torch python3-numpy python3-onnx
+  dataset-fashion-mnist libonnx-testdata opencv-doc
+)
+ORT_PEER_DIR="$ROOT/tests/peer"
+
+log() { printf '[quantd.sh] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+cmd_deps() {
+  local missing=()
+  for package in "${DEBIAN_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$package")
+    fi
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  if [ ! -f "$ORT_PEER_DIR/node_modules/onnxruntime-node/package.json" ]; then
+    log "installing the ONNX Runtime test peer (npm onnxruntime-node, CPU only)"
+    # --ignore-scripts: the package's install script only fetches GPU add-ons.
+    (cd "$ORT_PEER_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+configure() {
+  local dir="$1"; shift
+  cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+}
+
+cmd_build() {
+  configure "$BUILD_DIR"
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+# Starts quantd on its embedded defaults in the background; sets SERVER_PID.
+start_demo_server() {
+  local data_dir="$1" ready="$1/ready.json"
+  rm -f "$ready"
+  "$BUILD_DIR/bin/quantd" --data-dir "$data_dir" --ready-file "$ready" 2>"$data_dir/quantd.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    [ -f "$ready" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$data_dir/quantd.log" >&2; return 1; }
+    sleep 0.1
+  done
+  log "quantd did not start"; return 1
+}
+
+cmd_demo() {
+  cmd_deps
+  cmd_build
+  local work="$ROOT/.quantd-data/demo" out="$ROOT/demo-out"
+  mkdir -p "$work"
+  rm -rf "$out"
+  start_demo_server "$work"
+  trap 'kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true' EXIT
+  local server
+  server="$(sed -n 's/.*"listen":"\([^"]*\)".*/\1/p' "$work/ready.json")"
+  log "quantd is serving on $server (data in $work); quantizing the bundled Fashion-MNIST CNN"
+  "$BUILD_DIR/bin/quantctl" --server "$server" submit --model "$ROOT/models/fashion_cnn.onnx" \
+    --config "$ROOT/configs/weight_quant_8bit.yaml" --wait --out "$out/weight_quant_8bit"
+  "$BUILD_DIR/bin/quantctl" --server "$server" submit --model "$ROOT/models/fashion_cnn.onnx" \
+    --config "$ROOT/configs/weight_quant_4bit.yaml" --wait --out "$out/weight_quant_4bit"
+  log "evaluating in ONNX Runtime on the 10,000 Fashion-MNIST test images"
+  for mode in weight_quant_8bit weight_quant_4bit; do
+    node "$ORT_PEER_DIR/ort_eval.js" eval --model "$out/$mode/model.onnx" \
+      --reference "$ROOT/models/fashion_cnn.onnx" --count 10000 |
+      python3 -c '
+import json, sys, os
+r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+mode, ref, out = sys.argv[1], sys.argv[2], sys.argv[3]
+print(f"{mode:18s} fp32 top-1 {r[\"reference_accuracy\"]*100:.2f}%  quantized top-1 {r[\"accuracy\"]*100:.2f}%  "
+      f"size {os.path.getsize(ref)/1024:.0f} KiB -> {os.path.getsize(out)/1024:.0f} KiB")
+' "$mode" "$ROOT/models/fashion_cnn.onnx" "$out/$mode/model.onnx"
+  done
+  log "artifacts (model.onnx, summary.json) are in $out"
+}
+
+cmd_test() {
+  cmd_deps
+  cmd_build
+  log "running the test suite"
+  (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 900 -j "$JOBS")
+  log "running the unit tests under AddressSanitizer and UBSan"
+  configure "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTD_SANITIZE=ON
+  cmake --build "$ASAN_BUILD_DIR" -j "$JOBS" --target quantd_unit_tests
+  (cd "$ASAN_BUILD_DIR" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --output-on-failure -L unit -j "$JOBS")
+}
+
+usage() {
+  cat <<USAGE
+usage: ./quantd.sh COMMAND
+  deps    install missing Debian packages and the npm ONNX Runtime test peer
+  build   Release build with ccache: build/bin/{quantd,quantd-worker,quantctl}
+  demo    deps + build, start quantd on its defaults, quantize the bundled model end to end
+  test    deps + build, run the whole test suite (and the unit tests under ASan/UBSan)
+USAGE
+}
+
+case "${1:-}" in
+  deps) cmd_deps ;;
+  build) cmd_build ;;
+  demo) cmd_demo ;;
+  test) cmd_test ;;
+  -h|--help|help|"") usage ;;
+  *) usage; exit 2 ;;
+esac

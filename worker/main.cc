@@ -1,0 +1,93 @@
+// quantd-worker: leases jobs from a quantd server and runs them.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+
+#include "common/log.h"
+#include "worker/agent/agent.h"
+
+namespace {
+
+quantd::worker::WorkerAgent* g_agent = nullptr;
+
+void OnStopSignal(int) {
+  if (g_agent) g_agent->RequestStop();
+}
+
+constexpr const char* kUsage = R"(usage: quantd-worker --server ADDR [flags]
+  --server ADDR        quantd address (host:port)
+  --device cpu|gpu     device class this worker leases jobs for (default cpu)
+  --worker-id ID       name shown in job records (default: host-pid)
+  --work-dir DIR       scratch folder for job inputs and outputs (default: $TMPDIR/quantd-worker)
+  --heartbeat-ms MS    how often progress is sent and cancellation checked (default 1000)
+  --exit-when-idle     run whatever is queued, then exit
+  --log-format text|json
+)";
+
+[[noreturn]] void Die(const std::string& message) {
+  std::cerr << "quantd-worker: " << message << "\n";
+  std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGPIPE, SIG_IGN);
+  quantd::worker::AgentOptions options;
+  char host[256] = "worker";
+  ::gethostname(host, sizeof(host) - 1);
+  options.worker_id = std::string(host) + "-" + std::to_string(::getpid());
+  const char* tmp = std::getenv("TMPDIR");
+  options.work_root = std::filesystem::path(tmp ? tmp : "/tmp") / "quantd-worker";
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) Die(flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::cout << kUsage;
+      return 0;
+    } else if (flag == "--server") {
+      options.server_address = value();
+    } else if (flag == "--device") {
+      auto device = value();
+      if (device == "cpu") {
+        options.device = quantd::v1::DEVICE_CLASS_CPU;
+      } else if (device == "gpu") {
+        options.device = quantd::v1::DEVICE_CLASS_GPU;
+      } else {
+        Die("--device must be cpu or gpu, got '" + device + "'");
+      }
+    } else if (flag == "--worker-id") {
+      options.worker_id = value();
+    } else if (flag == "--work-dir") {
+      options.work_root = value();
+    } else if (flag == "--heartbeat-ms") {
+      auto text = value();
+      try {
+        options.heartbeat_ms = std::stoi(text);
+      } catch (const std::exception&) {
+        Die("--heartbeat-ms must be an integer, got '" + text + "'");
+      }
+      if (options.heartbeat_ms < 50 || options.heartbeat_ms > 60000) Die("--heartbeat-ms must be in 50..60000");
+    } else if (flag == "--exit-when-idle") {
+      options.exit_when_idle = true;
+    } else if (flag == "--log-format") {
+      auto format = value();
+      if (format != "text" && format != "json") Die("--log-format must be text or json");
+      quantd::SetLogJson(format == "json");
+    } else {
+      Die("unknown flag '" + flag + "' (see --help)");
+    }
+  }
+  if (options.server_address.empty()) Die("--server is required (see --help)");
+  quantd::SetLogComponent("quantd-worker");
+  quantd::worker::WorkerAgent agent(options);
+  g_agent = &agent;
+  std::signal(SIGTERM, OnStopSignal);
+  std::signal(SIGINT, OnStopSignal);
+  return agent.Run();
+}

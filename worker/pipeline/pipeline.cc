@@ -1,0 +1,219 @@
+#include "worker/pipeline/pipeline.h"
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "common/sha256.h"
+#include "worker/onnx/graph_view.h"
+#include "worker/onnx/model_io.h"
+#include "worker/quant/weight_quant.h"
+
+#ifndef QUANTD_VERSION
+#define QUANTD_VERSION "0.0.0"
+#endif
+
+namespace quantd::pipeline {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Times one stage, reports its progress, and checks for cancellation at
+// its boundary.
+class StageRunner {
+ public:
+  StageRunner(PipelineObserver& observer, PipelineResult& result) : observer_(observer), result_(result) {}
+
+  template <typename Fn>
+  Status Run(const std::string& stage, Fn&& body) {
+    if (observer_.CancelRequested()) return Cancelled("cancelled before stage " + stage);
+    observer_.OnProgress(stage, 0.0);
+    auto start = Clock::now();
+    Status status = body();
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    result_.timings.push_back({stage, seconds});
+    if (!status.ok()) return status;
+    observer_.OnProgress(stage, 1.0);
+    return Status::Ok();
+  }
+
+ private:
+  PipelineObserver& observer_;
+  PipelineResult& result_;
+};
+
+std::string HumanBytes(int64_t bytes) {
+  char text[32];
+  if (bytes >= (1 << 20)) {
+    std::snprintf(text, sizeof(text), "%.2f MiB", static_cast<double>(bytes) / (1 << 20));
+  } else {
+    std::snprintf(text, sizeof(text), "%.1f KiB", static_cast<double>(bytes) / 1024.0);
+  }
+  return text;
+}
+
+void AddProvenance(onnx::ModelProto& model, const std::string& model_sha256, const std::string& config_sha256) {
+  auto set = [&model](const std::string& key, const std::string& value) {
+    for (auto& prop : *model.mutable_metadata_props()) {
+      if (prop.key() == key) {
+        prop.set_value(value);
+        return;
+      }
+    }
+    auto* prop = model.add_metadata_props();
+    prop->set_key(key);
+    prop->set_value(value);
+  };
+  set("quantd.version", QUANTD_VERSION);
+  set("quantd.input_model_sha256", model_sha256);
+  set("quantd.config_sha256", config_sha256);
+  model.set_producer_name("quantd");
+  model.set_producer_version(QUANTD_VERSION);
+}
+
+nlohmann::json WeightReportJson(const WeightQuantReport& report) {
+  nlohmann::json quantized = nlohmann::json::array();
+  for (const auto& weight : report.quantized) {
+    quantized.push_back({{"node", weight.node_name},
+                         {"node_type", weight.node_type},
+                         {"tensor", weight.tensor_name},
+                         {"dims", weight.dims},
+                         {"bits", weight.bits},
+                         {"storage", ToString(weight.storage)},
+                         {"axis", weight.axis},
+                         {"float_bytes", weight.float_bytes},
+                         {"stored_bytes", weight.stored_bytes},
+                         {"max_abs_error", weight.max_abs_error},
+                         {"cosine_similarity", weight.cosine_similarity}});
+  }
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& weight : report.skipped) {
+    skipped.push_back({{"node", weight.node_name},
+                       {"node_type", weight.node_type},
+                       {"tensor", weight.tensor_name},
+                       {"reason", weight.reason}});
+  }
+  return {{"quantized", quantized}, {"skipped", skipped}};
+}
+
+}  // namespace
+
+bool IsInputError(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kUnimplemented:
+    case StatusCode::kOutOfRange:
+    case StatusCode::kNotFound:
+    case StatusCode::kPermissionDenied:
+    case StatusCode::kResourceExhausted:
+    case StatusCode::kCancelled:
+      return true;
+    default:
+      return false;
+  }
+}
+
+StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObserver& observer) {
+  PipelineResult result;
+  StageRunner stages(observer, result);
+  std::error_code ec;
+  std::filesystem::create_directories(request.out_dir, ec);
+  if (ec) return Internal("IO_ERROR", "cannot create output folder " + request.out_dir.string() + ": " + ec.message());
+
+  config::QuantConfig config;
+  QUANTD_RETURN_IF_ERROR(stages.Run("config", [&]() -> Status {
+    config::ValidationContext validation;
+    validation.calibration_supplied_separately = !request.calibration.empty();
+    QUANTD_ASSIGN_OR_RETURN(config, config::ParseQuantConfig(request.config_text, validation));
+    return Status::Ok();
+  }));
+
+  onnx::ModelProto model;
+  std::string model_sha256;
+  int64_t input_bytes = 0;
+  int input_opset = 0;
+  QUANTD_RETURN_IF_ERROR(stages.Run("load", [&]() -> Status {
+    QUANTD_ASSIGN_OR_RETURN(model, LoadModel(request.model_path, ModelLimits{}));
+    QUANTD_ASSIGN_OR_RETURN(model_sha256, Sha256OfFile(request.model_path));
+    input_bytes = static_cast<int64_t>(std::filesystem::file_size(request.model_path, ec));
+    input_opset = DefaultOpset(model);
+    observer.OnLog(LogLevel::kInfo, "loaded model: " + std::to_string(model.graph().node_size()) + " nodes, opset " +
+                                        std::to_string(input_opset) + ", " + HumanBytes(input_bytes));
+    return Status::Ok();
+  }));
+
+  nlohmann::json mode_report;
+  std::string storage_note;
+  QUANTD_RETURN_IF_ERROR(stages.Run("quantize", [&]() -> Status {
+    switch (config.common.quant_type) {
+      case config::QuantType::kWeightQuant: {
+        if (config.common.bit_num == 0) {
+          return Unimplemented("MODE_NOT_AVAILABLE",
+                               "mixed-bit weight quantization (bit_num: 0) is not available in this version; "
+                               "choose bit_num 1..16");
+        }
+        WeightQuantOptions options;
+        options.bits = config.common.bit_num;
+        options.min_quant_weight_size = config.common.min_quant_weight_size;
+        options.min_quant_weight_channel = config.common.min_quant_weight_channel;
+        options.skip_quant_node.insert(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
+        QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeWeights(model, options));
+        observer.OnLog(LogLevel::kInfo, "quantized " + std::to_string(report.quantized.size()) + " weights to " +
+                                            std::to_string(options.bits) + " bits, skipped " +
+                                            std::to_string(report.skipped.size()));
+        for (const auto& skipped : report.skipped) {
+          observer.OnLog(LogLevel::kInfo, "skipped " + skipped.node_name + " (" + skipped.node_type +
+                                              "): " + skipped.reason);
+        }
+        if (!report.storage_note.empty()) observer.OnLog(LogLevel::kInfo, report.storage_note);
+        mode_report = WeightReportJson(report);
+        storage_note = report.storage_note;
+        return Status::Ok();
+      }
+      case config::QuantType::kFullQuant:
+      case config::QuantType::kDynamicQuant:
+        return Unimplemented("MODE_NOT_AVAILABLE", config::ToString(config.common.quant_type) +
+                                                       " is not available in this version; use WEIGHT_QUANT");
+    }
+    return Internal("UNREACHABLE", "unknown quant_type");
+  }));
+
+  auto output_path = request.out_dir / "model.onnx";
+  QUANTD_RETURN_IF_ERROR(stages.Run("write", [&]() -> Status {
+    AddProvenance(model, model_sha256, Sha256Hex(request.config_text));
+    QUANTD_RETURN_IF_ERROR(SaveModel(model, output_path));
+    result.artifacts.push_back(output_path);
+    return Status::Ok();
+  }));
+
+  int64_t output_bytes = static_cast<int64_t>(std::filesystem::file_size(output_path, ec));
+  QUANTD_ASSIGN_OR_RETURN(auto output_sha256, Sha256OfFile(output_path));
+  nlohmann::json timings = nlohmann::json::array();
+  for (const auto& timing : result.timings) timings.push_back({{"stage", timing.stage}, {"seconds", timing.seconds}});
+  nlohmann::json summary = {
+      {"quantd_version", QUANTD_VERSION},
+      {"quant_type", config::ToString(config.common.quant_type)},
+      {"config", config::ToJson(config)},
+      {"input_model",
+       {{"file", request.model_path.filename().string()},
+        {"bytes", input_bytes},
+        {"sha256", model_sha256},
+        {"opset", input_opset}}},
+      {"output_model",
+       {{"file", "model.onnx"}, {"bytes", output_bytes}, {"sha256", output_sha256}, {"opset", DefaultOpset(model)}}},
+      {"compression_ratio", output_bytes > 0 ? static_cast<double>(input_bytes) / static_cast<double>(output_bytes) : 0.0},
+      {"timings", timings},
+      {"weights", mode_report},
+      {"storage_note", storage_note},
+  };
+  auto summary_path = request.out_dir / "summary.json";
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(summary_path, summary.dump(2) + "\n"));
+  result.artifacts.push_back(summary_path);
+  observer.OnLog(LogLevel::kInfo, "wrote model.onnx (" + HumanBytes(output_bytes) + ", " +
+                                      std::to_string(static_cast<double>(input_bytes) / std::max<int64_t>(output_bytes, 1)).substr(0, 4) +
+                                      "x smaller)");
+  return result;
+}
+
+}  // namespace quantd::pipeline
