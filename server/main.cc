@@ -184,8 +184,10 @@ int main(int argc, char** argv) {
     if (error) return;
     quantd::LogInfo("signal " + std::to_string(signal_number) + ": draining");
     context.draining = true;
-    supervisor.Stop(std::chrono::seconds(shutdown_grace_seconds));
+    // Closing the hub first wakes long-polling workers so they see the stop
+    // at once; the server keeps answering while running jobs are handed back.
     hub.Close();
+    supervisor.Stop(std::chrono::seconds(shutdown_grace_seconds));
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     io.stop();
   });

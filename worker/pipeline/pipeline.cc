@@ -158,6 +158,10 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
         options.min_quant_weight_size = config.common.min_quant_weight_size;
         options.min_quant_weight_channel = config.common.min_quant_weight_channel;
         options.skip_quant_node.insert(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
+        options.on_progress = [&observer](size_t done, size_t total) {
+          observer.OnProgress("quantize", total == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total));
+          return !observer.CancelRequested();
+        };
         QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeWeights(model, options));
         observer.OnLog(LogLevel::kInfo, "quantized " + std::to_string(report.quantized.size()) + " weights to " +
                                             std::to_string(options.bits) + " bits, skipped " +

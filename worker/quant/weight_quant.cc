@@ -244,7 +244,11 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
   std::map<int, std::vector<onnx::NodeProto>> insert_before;  // node index -> DQ nodes
   std::unordered_set<std::string> maybe_unused;
 
+  size_t planned_done = 0;
   for (const Plan& plan : plans) {
+    if (opts.on_progress && !opts.on_progress(planned_done++, plans.size())) {
+      return Cancelled("weight quantization stopped before " + plan.tensor);
+    }
     const onnx::NodeProto& first = g.node(plan.uses.front().node);
     // Found again by name: upgrades may have appended initializers.
     const onnx::TensorProto* w = nullptr;

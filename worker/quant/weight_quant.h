@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,6 +24,9 @@ struct WeightQuantOptions {
   int64_t min_quant_weight_channel = 16;
   // Node names whose weights stay float.
   std::set<std::string> skip_quant_node;
+  // Called before each weight with (done, total); returning false stops the
+  // pass with CANCELLED (the model is then half-rewritten and must be dropped).
+  std::function<bool(size_t done, size_t total)> on_progress;
 };
 
 enum class WeightStorage { kInt4Packed, kInt8, kInt16, kInt32 };
