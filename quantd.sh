@@ -16,7 +16,6 @@ DEBIAN_PACKAGES=(
   libonnx-dev libopencv-dev libeigen3-dev libdnnl-dev
   libboost-dev libboost-system-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libsqlite3-dev libarchive-dev libssl-dev nlohmann-json3-dev
-  nodejs npm
   python3 python3-torch python3-numpy python3-onnx
   dataset-fashion-mnist libonnx-testdata opencv-doc
 )
@@ -35,6 +34,10 @@ cmd_deps() {
       missing+=("$package")
     fi
   done
+  # Node.js may come from another vendor's package that bundles npm (and
+  # conflicts with Debian's npm); only a missing command needs installing.
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq

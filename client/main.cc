@@ -10,6 +10,7 @@
 
 #include "client/client.h"
 #include "client/progress.h"
+#include "common/archive.h"
 #include "common/files.h"
 #include "common/ids.h"
 #include "worker/pipeline/pipeline.h"
@@ -148,10 +149,6 @@ int Submit(quantd::client::QuantClient& client, const Args& args) {
   auto model = args.Require("model");
   auto config_text = ReadText(args.Require("config"), "--config");
   auto calibration = ParseCalib(args);
-  if (!calibration.empty()) {
-    Die("--calib with submit needs calibration archive support, which this version lacks; "
-        "use calibrate_path under the server's calibration_root, or quantctl convert");
-  }
   auto model_sha = client.UploadFile(model);
   if (!model_sha.ok()) DieStatus(model_sha.status().WithContext("uploading " + model));
   v1::SubmitJobRequest request;
@@ -159,6 +156,20 @@ int Submit(quantd::client::QuantClient& client, const Args& args) {
   request.set_model_sha256(*model_sha);
   request.set_model_name(std::filesystem::path(model).filename().string());
   request.set_config_text(config_text);
+  // Each calibration folder travels as a reproducible tar archive, so an
+  // unchanged folder is uploaded once and resubmits reuse the blob.
+  for (const auto& folder : calibration) {
+    auto archive = std::filesystem::temp_directory_path() / (quantd::NewId("quantctl-calib-") + ".tar");
+    auto packed = quantd::CreateTarArchive(folder.dir, archive);
+    if (!packed.ok()) DieStatus(packed.WithContext("--calib " + folder.input_name));
+    auto archive_sha = client.UploadFile(archive);
+    std::error_code ec;
+    std::filesystem::remove(archive, ec);
+    if (!archive_sha.ok()) DieStatus(archive_sha.status().WithContext("uploading calibration for " + folder.input_name));
+    auto* entry = request.add_calibration();
+    entry->set_input_name(folder.input_name);
+    entry->set_archive_sha256(*archive_sha);
+  }
   if (auto priority = args.Get("priority")) {
     try {
       request.set_priority(std::stoi(*priority));

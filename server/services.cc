@@ -1,7 +1,8 @@
 #include "server/services.h"
 
 #include <fstream>
-#include <regex>
+#include <algorithm>
+#include <cctype>
 
 #include "common/config/quant_config.h"
 #include "common/ids.h"
@@ -22,8 +23,11 @@ bool IsTerminal(v1::JobState state) {
 grpc::Status Fail(const Status& status) { return ToGrpcStatus(status); }
 
 bool IsSafeArtifactName(const std::string& name) {
-  static const std::regex kPattern("[A-Za-z0-9][A-Za-z0-9._-]{0,127}");
-  return std::regex_match(name, kPattern) && name.find("..") == std::string::npos;
+  if (name.empty() || name.size() > 128 || name.find("..") != std::string::npos) return false;
+  if (!std::isalnum(static_cast<unsigned char>(name.front()))) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
 }
 
 Status ValidateServerPath(const ServerConfig& config, const std::string& path) {

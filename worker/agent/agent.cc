@@ -8,6 +8,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/archive.h"
 #include "common/ids.h"
 #include "common/log.h"
 #include "common/rpc_status.h"
@@ -195,10 +196,21 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
     for (const auto& calibration : job.calibration()) {
       if (calibration.has_server_path()) {
         request.calibration.push_back({calibration.input_name(), calibration.server_path()});
-      } else {
-        return finish(Unimplemented("CALIBRATION_ARCHIVE_UNSUPPORTED",
-                                    "calibration archives are not supported by this worker version"));
+        continue;
       }
+      auto archive = work_dir / ("calibration-" + std::to_string(request.calibration.size()) + ".tar");
+      if (auto status = FetchBlobToFile(*stub_, lease, calibration.archive_sha256(), archive); !status.ok()) {
+        return finish(status);
+      }
+      auto folder = work_dir / "calibration" / std::to_string(request.calibration.size());
+      auto extracted = ExtractArchive(archive, folder, ArchiveLimits{});
+      if (!extracted.ok()) {
+        return finish(extracted.status().WithContext("calibration archive for input '" + calibration.input_name() + "'"));
+      }
+      std::filesystem::remove(archive, ec);
+      events.OnLog(LogLevel::kInfo, "calibration for '" + calibration.input_name() + "': " +
+                                        std::to_string(extracted->files) + " files");
+      request.calibration.push_back({calibration.input_name(), folder});
     }
     events.OnProgress("fetch", 1.0);
     auto ran = pipeline::RunPipeline(request, events);
