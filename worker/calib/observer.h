@@ -1,0 +1,67 @@
+// Activation observers: fed every value a tensor takes over the calibration
+// set, they propose the range to quantize over. Memory is fixed (a running
+// min/max or a fixed-size histogram), whatever the number of samples.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/config/quant_config.h"
+
+namespace quantd::calib {
+
+struct TensorRange {
+  float min = 0.0f;
+  float max = 0.0f;
+};
+
+class Observer {
+ public:
+  virtual ~Observer() = default;
+  virtual void Observe(const float* data, int64_t count) = 0;
+  // The range to quantize over; the data's own min/max for MAX_MIN, a
+  // clipped range for the others. Empty observers return {0, 0}.
+  virtual TensorRange Range() const = 0;
+  // The raw min and max seen, whatever the method.
+  virtual TensorRange Seen() const = 0;
+};
+
+// Histogram over a range that widens as data arrives: existing counts are
+// re-binned into the wider range, so one pass suffices and the bin count
+// (memory) never changes.
+class StreamingHistogram {
+ public:
+  explicit StreamingHistogram(int bins = 8192) : counts_(static_cast<size_t>(bins), 0.0) {}
+  void Add(const float* data, int64_t count);
+  bool empty() const { return total_ == 0; }
+  float lo() const { return lo_; }
+  float hi() const { return hi_; }
+  float seen_min() const { return seen_min_; }
+  float seen_max() const { return seen_max_; }
+  double total() const { return total_; }
+  const std::vector<double>& counts() const { return counts_; }
+  // Value below which `fraction` of the observed values lie.
+  float Quantile(double fraction) const;
+
+ private:
+  void Widen(float lo, float hi);
+
+  std::vector<double> counts_;
+  float lo_ = 0.0f, hi_ = 0.0f;
+  float seen_min_ = 0.0f, seen_max_ = 0.0f;
+  double total_ = 0.0;
+};
+
+// KL (entropy) threshold search on a histogram of |x|: the clipping
+// threshold whose quantized distribution loses the least information.
+// `levels` is the number of quantization levels on the searched side.
+float KlThreshold(const std::vector<double>& abs_histogram, float bin_width, int levels);
+
+// The fraction of values cut on each side by REMOVAL_OUTLIER.
+inline constexpr double kOutlierFraction = 1e-4;
+
+std::unique_ptr<Observer> MakeObserver(config::ActivationQuantMethod method);
+
+}  // namespace quantd::calib
