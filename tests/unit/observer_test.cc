@@ -67,8 +67,10 @@ TEST(ObserverTest, KlThresholdOfAGaussianIsAFewSigmas) {
   auto observer = MakeObserver(ActivationQuantMethod::kKl);
   Feed(*observer, values);
   auto range = observer->Range();
-  EXPECT_GT(range.max, 2.0f);
-  EXPECT_LT(range.max, observer->Seen().max) << "KL clips the Gaussian's extreme tail";
+  // 8 bits resolve a Gaussian finely enough that KL keeps nearly all of
+  // it: the threshold lies in the far tail, never inside the bulk.
+  EXPECT_GT(range.max, 3.0f);
+  EXPECT_LE(range.max, observer->Seen().max);
   EXPECT_NEAR(range.min, -range.max, 0.3f);
 }
 
