@@ -1,0 +1,298 @@
+#include "worker/quant/full_quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include "worker/onnx/graph_view.h"
+#include "worker/onnx/opset_upgrade.h"
+#include "worker/onnx/tensor_util.h"
+#include "worker/quant/quant_math.h"
+
+namespace quantd {
+namespace {
+
+// Ops that carry weights: input 1 is the weight, input 2 the bias.
+bool IsWeightedOp(const std::string& op) {
+  return op == "Conv" || op == "ConvTranspose" || op == "Gemm" || op == "MatMul";
+}
+
+// Ops that only move or select values: their output is quantized with the
+// input's parameters, so ONNX Runtime can drop the Q/DQ pair around them.
+bool IsSameScaleOp(const std::string& op) {
+  static const std::set<std::string> kOps = {"MaxPool", "Reshape",   "Flatten", "Transpose", "Squeeze",
+                                             "Unsqueeze", "Resize", "Upsample", "GlobalMaxPool"};
+  return kOps.count(op) > 0;
+}
+
+int WeightAxis(const onnx::NodeProto& node, int weight_rank) {
+  if (node.op_type() == "Conv") return 0;
+  if (node.op_type() == "ConvTranspose") return 1;
+  if (node.op_type() == "Gemm") {
+    for (const auto& attribute : node.attribute()) {
+      if (attribute.name() == "transB" && attribute.i() != 0) return 0;
+    }
+    return 1;
+  }
+  return weight_rank - 1;  // MatMul: output columns
+}
+
+onnx::TensorProto ScalarTensor(const std::string& name, int32_t type, const std::string& raw) {
+  onnx::TensorProto tensor;
+  tensor.set_name(name);
+  tensor.set_data_type(type);
+  tensor.set_raw_data(raw);
+  return tensor;
+}
+
+std::string FloatBytes(const std::vector<float>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+}
+
+onnx::NodeProto MakeNode(const std::string& op, const std::string& name, std::vector<std::string> inputs,
+                         const std::string& output, int axis = -1000) {
+  onnx::NodeProto node;
+  node.set_op_type(op);
+  node.set_name(name);
+  for (auto& input : inputs) node.add_input(input);
+  node.add_output(output);
+  if (axis != -1000) {
+    auto* attribute = node.add_attribute();
+    attribute->set_name("axis");
+    attribute->set_type(onnx::AttributeProto::INT);
+    attribute->set_i(axis);
+  }
+  return node;
+}
+
+}  // namespace
+
+bool IsQuantizableOp(const std::string& op_type) {
+  static const std::set<std::string> kOps = {
+      "Conv",    "ConvTranspose", "Gemm",    "MatMul",        "Add",       "Mul",     "Concat",
+      "MaxPool", "AveragePool",   "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample", "Relu",
+      "Clip",    "LeakyRelu",     "Sigmoid", "Reshape",       "Flatten",   "Transpose", "Squeeze", "Unsqueeze"};
+  return kOps.count(op_type) > 0;
+}
+
+QuantParams ActivationParams(ActivationRange range, ActivationScheme scheme) {
+  float lo = std::min(range.min, 0.0f), hi = std::max(range.max, 0.0f);
+  if (!std::isfinite(lo) || !std::isfinite(hi)) lo = hi = 0.0f;
+  QuantParams params;
+  if (scheme == ActivationScheme::kInt8Symmetric) {
+    float bound = std::max(std::fabs(lo), std::fabs(hi));
+    params.scale = bound > 0 ? bound / 127.0f : 1.0f;
+    params.zero_point = 0;
+    return params;
+  }
+  float span = hi - lo;
+  params.scale = span > 0 ? span / 255.0f : 1.0f;
+  params.zero_point = static_cast<int32_t>(std::clamp(RoundHalfToEven(-lo / params.scale), 0.0, 255.0));
+  return params;
+}
+
+StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const CalibrationTable& table,
+                                         const FullQuantOptions& options) {
+  if (DefaultOpset(model) < 13) QUANTD_RETURN_IF_ERROR(UpgradeOpset(model, 13));
+  FullQuantReport report;
+  report.output_opset = DefaultOpset(model);
+  onnx::GraphProto& graph = *model.mutable_graph();
+  GraphView view(graph);
+  QUANTD_ASSIGN_OR_RETURN(auto order, view.TopologicalOrder());
+  std::set<std::string> original_initializers;
+  for (const auto& initializer : graph.initializer()) original_initializers.insert(initializer.name());
+  NameAllocator names(model);
+  const bool symmetric = options.activations == ActivationScheme::kInt8Symmetric;
+  const int32_t activation_type = symmetric ? onnx_type::kInt8 : onnx_type::kUint8;
+
+  // 1. Which nodes are quantized.
+  std::vector<bool> quantized(static_cast<size_t>(graph.node_size()), false);
+  for (int index : order) {
+    const auto& node = graph.node(index);
+    if (!IsDefaultDomain(node.domain()) || !IsQuantizableOp(node.op_type())) continue;
+    if (options.skip_quant_node.count(node.name())) {
+      report.skipped.push_back({node.name(), node.op_type(), "in skip_quant_node"});
+      continue;
+    }
+    if (node.input_size() == 0 || table.find(node.input(0)) == table.end()) {
+      report.skipped.push_back({node.name(), node.op_type(), "its input is not a calibrated float activation"});
+      continue;
+    }
+    if (IsWeightedOp(node.op_type()) && node.input_size() > 1) {
+      const auto* weight = view.Initializer(node.input(1));
+      bool activation_weight = !weight && table.count(node.input(1)) && node.op_type() == "MatMul";
+      if (!activation_weight && (!weight || weight->data_type() != onnx_type::kFloat)) {
+        report.skipped.push_back({node.name(), node.op_type(), "its weight is not a float constant"});
+        continue;
+      }
+    }
+    quantized[static_cast<size_t>(index)] = true;
+    report.quantized_nodes.push_back(node.name());
+  }
+
+  // 2. Parameters per activation tensor; same-scale ops pass theirs on.
+  std::map<std::string, QuantParams> activation_params;
+  auto params_of = [&](const std::string& tensor) -> const QuantParams* {
+    auto it = activation_params.find(tensor);
+    if (it != activation_params.end()) return &it->second;
+    auto range = table.find(tensor);
+    if (range == table.end()) return nullptr;
+    return &(activation_params[tensor] = ActivationParams(range->second, options.activations));
+  };
+  std::set<std::string> to_quantize;
+  std::map<std::string, std::pair<std::string, std::string>> first_user;  // tensor -> node name, type
+  for (int index : order) {
+    if (!quantized[static_cast<size_t>(index)]) continue;
+    const auto& node = graph.node(index);
+    int activation_inputs = IsWeightedOp(node.op_type()) && view.Initializer(node.input(1)) ? 1 : node.input_size();
+    for (int i = 0; i < activation_inputs; ++i) {
+      const auto& input = node.input(i);
+      if (input.empty() || view.Initializer(input) || !params_of(input)) continue;
+      to_quantize.insert(input);
+      first_user.emplace(input, std::make_pair(node.name(), node.op_type()));
+    }
+    for (const auto& output : node.output()) {
+      if (output.empty() || view.IsGraphOutput(output) || !table.count(output)) continue;
+      if (IsSameScaleOp(node.op_type()) && activation_params.count(node.input(0))) {
+        activation_params[output] = activation_params[node.input(0)];
+      }
+      if (!params_of(output)) continue;
+      to_quantize.insert(output);
+      first_user.emplace(output, std::make_pair(node.name(), node.op_type()));
+    }
+  }
+
+  // 3. Q/DQ pairs for activations, placed right after the producer.
+  std::map<int, std::vector<onnx::NodeProto>> after_node;  // -1: before everything
+  std::unordered_map<std::string, std::string> dequantized_name;
+  std::vector<onnx::TensorProto> new_initializers;
+  for (const auto& tensor : to_quantize) {
+    const QuantParams& params = activation_params.at(tensor);
+    std::string scale = names.Make(tensor + "_scale"), zero_point = names.Make(tensor + "_zero_point");
+    std::string q_out = names.Make(tensor + "_quantized"), dq_out = names.Make(tensor + "_dequantized");
+    new_initializers.push_back(ScalarTensor(scale, onnx_type::kFloat, FloatBytes({params.scale})));
+    char zp_byte = static_cast<char>(symmetric ? static_cast<int8_t>(params.zero_point) : static_cast<uint8_t>(params.zero_point));
+    new_initializers.push_back(ScalarTensor(zero_point, activation_type, std::string(1, zp_byte)));
+    int producer = view.ProducerIndex(tensor);
+    auto& slot = after_node[producer];
+    slot.push_back(MakeNode("QuantizeLinear", names.Make(tensor + "_QuantizeLinear"), {tensor, scale, zero_point}, q_out));
+    slot.push_back(MakeNode("DequantizeLinear", names.Make(tensor + "_DequantizeLinear"), {q_out, scale, zero_point}, dq_out));
+    dequantized_name[tensor] = dq_out;
+    const auto& [user_name, user_type] = first_user.at(tensor);
+    report.params.push_back({user_name, user_type, tensor, {}, 0, {params.scale}, {params.zero_point}, 8, {}});
+  }
+
+  // 4. Weights (int8 symmetric per channel) and biases (int32).
+  std::map<std::string, std::string> dequantized_weight;  // "tensor@axis" -> DQ output
+  std::map<std::string, std::vector<float>> weight_scales;
+  std::map<std::string, int> first_reader;  // initializer DQ goes before its first reader
+  for (int index : order) {
+    if (!quantized[static_cast<size_t>(index)]) continue;
+    auto& node = *graph.mutable_node(index);
+    if (!IsWeightedOp(node.op_type()) || node.input_size() < 2) continue;
+    const auto* weight = view.Initializer(node.input(1));
+    if (!weight) continue;
+    auto dims = DimsOf(*weight);
+    int axis = WeightAxis(node, static_cast<int>(dims.size()));
+    std::string key = node.input(1) + "@" + std::to_string(axis);
+    if (!dequantized_weight.count(key)) {
+      QUANTD_ASSIGN_OR_RETURN(auto values, ReadFloatTensor(*weight));
+      QUANTD_ASSIGN_OR_RETURN(auto q, QuantizePerChannel(values, dims, axis, 8));
+      std::string q_name = names.Make(node.input(1) + "_quantized"), s_name = names.Make(node.input(1) + "_scale");
+      std::string zp_name = names.Make(node.input(1) + "_zero_point"), dq_name = names.Make(node.input(1) + "_dequantized");
+      std::string raw(q.values.size(), '\0');
+      for (size_t i = 0; i < q.values.size(); ++i) raw[i] = static_cast<char>(static_cast<int8_t>(q.values[i]));
+      new_initializers.push_back(MakeRawTensor(q_name, onnx_type::kInt8, dims, raw));
+      const int64_t channels[] = {static_cast<int64_t>(q.scales.size())};
+      new_initializers.push_back(MakeRawTensor(s_name, onnx_type::kFloat, channels, FloatBytes(q.scales)));
+      new_initializers.push_back(MakeRawTensor(zp_name, onnx_type::kInt8, channels, std::string(q.scales.size(), '\0')));
+      after_node[-2 - index].push_back(
+          MakeNode("DequantizeLinear", names.Make(node.input(1) + "_DequantizeLinear"), {q_name, s_name, zp_name}, dq_name, axis));
+      dequantized_weight[key] = dq_name;
+      weight_scales[key] = q.scales;
+      int64_t elements = 1;
+      for (auto d : dims) elements *= d;
+      std::vector<int32_t> zeros(q.scales.size(), 0);
+      report.params.push_back({node.name(), node.op_type(), node.input(1), dims, elements, q.scales, zeros, 8, {}});
+    }
+    const auto& scales = weight_scales[key];
+    node.set_input(1, dequantized_weight[key]);
+
+    // Bias: int32 with scale = input scale x weight scale, so integer
+    // kernels add it to the accumulator directly.
+    int bias_index = 2;
+    if (node.input_size() <= bias_index || node.input(bias_index).empty()) continue;
+    const auto* bias = view.Initializer(node.input(bias_index));
+    const QuantParams* input_params = params_of(node.input(0));
+    if (!bias || bias->data_type() != onnx_type::kFloat || !input_params) continue;
+    auto bias_dims = DimsOf(*bias);
+    QUANTD_ASSIGN_OR_RETURN(auto bias_values, ReadFloatTensor(*bias));
+    if (bias_dims.size() != 1 || (scales.size() != 1 && bias_values.size() != scales.size())) continue;
+    std::vector<float> correction;
+    if (auto it = options.bias_corrections.find(node.name()); it != options.bias_corrections.end()) {
+      correction = it->second;
+      for (size_t c = 0; c < bias_values.size() && c < correction.size(); ++c) bias_values[c] += correction[c];
+    }
+    std::vector<float> bias_scales(bias_values.size());
+    std::string raw(bias_values.size() * sizeof(int32_t), '\0');
+    auto* out = reinterpret_cast<int32_t*>(raw.data());
+    for (size_t c = 0; c < bias_values.size(); ++c) {
+      float scale = input_params->scale * scales[scales.size() == 1 ? 0 : c];
+      bias_scales[c] = scale;
+      double q = RoundHalfToEven(static_cast<double>(bias_values[c]) / scale);
+      out[c] = static_cast<int32_t>(std::clamp(q, -2147483648.0, 2147483647.0));
+    }
+    std::string q_name = names.Make(node.input(bias_index) + "_quantized");
+    std::string s_name = names.Make(node.input(bias_index) + "_scale");
+    std::string dq_name = names.Make(node.input(bias_index) + "_dequantized");
+    const int64_t channels[] = {static_cast<int64_t>(bias_values.size())};
+    new_initializers.push_back(MakeRawTensor(q_name, onnx_type::kInt32, channels, raw));
+    new_initializers.push_back(MakeRawTensor(s_name, onnx_type::kFloat, channels, FloatBytes(bias_scales)));
+    after_node[-2 - index].push_back(
+        MakeNode("DequantizeLinear", names.Make(node.input(bias_index) + "_DequantizeLinear"), {q_name, s_name}, dq_name, 0));
+    std::vector<int32_t> zeros(bias_values.size(), 0);
+    report.params.push_back({node.name(), node.op_type(), node.input(bias_index), bias_dims,
+                             static_cast<int64_t>(bias_values.size()), bias_scales, zeros, 32, correction});
+    node.set_input(bias_index, dq_name);
+  }
+
+  // 5. Rewire readers of quantized activations to the dequantized tensors.
+  for (int index = 0; index < graph.node_size(); ++index) {
+    auto& node = *graph.mutable_node(index);
+    for (int i = 0; i < node.input_size(); ++i) {
+      auto it = dequantized_name.find(node.input(i));
+      if (it != dequantized_name.end()) node.set_input(i, it->second);
+    }
+  }
+  for (const auto& initializer : new_initializers) *graph.add_initializer() = initializer;
+
+  // 6. Node list in order: graph-input Q/DQ first; each original node is
+  // preceded by its weight/bias DQs and followed by its outputs' Q/DQ.
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+  for (auto& inserted : after_node[-1]) *nodes.Add() = std::move(inserted);
+  for (int index : order) {
+    for (auto& inserted : after_node[-2 - index]) *nodes.Add() = std::move(inserted);
+    *nodes.Add() = graph.node(index);
+    for (auto& inserted : after_node[index]) *nodes.Add() = std::move(inserted);
+  }
+  graph.mutable_node()->Swap(&nodes);
+
+  // Float weights that nothing reads any more are dropped.
+  std::set<std::string> read;
+  for (const auto& node : graph.node()) {
+    for (const auto& input : node.input()) read.insert(input);
+  }
+  auto* initializers = graph.mutable_initializer();
+  initializers->erase(std::remove_if(initializers->begin(), initializers->end(),
+                                     [&](const onnx::TensorProto& t) { return !read.count(t.name()); }),
+                      initializers->end());
+  auto* inputs = graph.mutable_input();
+  inputs->erase(std::remove_if(inputs->begin(), inputs->end(),
+                               [&](const onnx::ValueInfoProto& v) {
+                                 return !read.count(v.name()) && original_initializers.count(v.name()) > 0;
+                               }),
+                inputs->end());
+  return report;
+}
+
+}  // namespace quantd

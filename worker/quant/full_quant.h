@@ -1,0 +1,75 @@
+// Static (full) quantization: rewrites a float model into the QDQ form
+// that ONNX Runtime and TensorRT fuse into integer kernels, using the
+// activation ranges that calibration measured.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <onnx/onnx_pb.h>
+
+#include "common/status.h"
+
+namespace quantd {
+
+struct ActivationRange {
+  float min = 0.0f;
+  float max = 0.0f;
+};
+
+// The only contract between calibration and rewriting: the range of every
+// float activation tensor, by name.
+using CalibrationTable = std::map<std::string, ActivationRange>;
+
+enum class ActivationScheme {
+  kUint8Asymmetric,  // ONNX Runtime CPU default
+  kInt8Symmetric,    // TensorRT (target_device: NVGPU)
+};
+
+struct FullQuantOptions {
+  ActivationScheme activations = ActivationScheme::kUint8Asymmetric;
+  std::set<std::string> skip_quant_node;
+  // Added to a Conv/Gemm/MatMul bias (per output channel, in float) before
+  // the bias is quantized; from bias correction. Keyed by node name.
+  std::map<std::string, std::vector<float>> bias_corrections;
+};
+
+// One quantized tensor, as the debug report's quant_param.csv lists it.
+struct TensorQuantParam {
+  std::string node_name, node_type, tensor_name;
+  std::vector<int64_t> dims;  // empty for activations of unknown shape
+  int64_t elements = 0;
+  std::vector<float> scales;
+  std::vector<int32_t> zero_points;
+  int bits = 8;
+  std::vector<float> correction;  // bias correction applied, if any
+};
+
+struct SkippedNode {
+  std::string node_name, node_type, reason;
+};
+
+struct FullQuantReport {
+  std::vector<std::string> quantized_nodes;
+  std::vector<SkippedNode> skipped;
+  std::vector<TensorQuantParam> params;
+  int output_opset = 0;
+};
+
+// Quantization parameters of one activation range: the range always
+// includes 0 so zero pads and ReLU outputs are exact.
+struct QuantParams {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+};
+QuantParams ActivationParams(ActivationRange range, ActivationScheme scheme);
+
+// Node types quantized when they appear (and are not skipped).
+bool IsQuantizableOp(const std::string& op_type);
+
+StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const CalibrationTable& table,
+                                         const FullQuantOptions& options);
+
+}  // namespace quantd
