@@ -6,9 +6,9 @@ Usage:
                                                  [--epochs N] [--seed S]
 
 Data: the four Fashion-MNIST IDX files (train/t10k images and labels, gzip
-compressed) are read directly with gzip + numpy.  The default directory is
-/usr/share/datasets/fashion-mnist; it can be overridden with --data-dir or the
-QUANTD_FASHION_MNIST_DIR environment variable.
+compressed) are read directly with gzip + numpy (see fashion_common.py).  The
+default directory is /usr/share/datasets/fashion-mnist; it can be overridden
+with --data-dir or the QUANTD_FASHION_MNIST_DIR environment variable.
 
 Model contract (what every consumer of fashion_cnn.onnx must follow):
   * input  : float32 tensor named "input", shape [N, 1, 28, 28] (N dynamic)
@@ -35,51 +35,20 @@ Outputs (in --out-dir, default: the directory holding this script):
 """
 
 import argparse
-import gzip
-import json
 import os
-import random
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fashion_common as fc  # noqa: E402
+from fashion_common import evaluate, load_split, set_determinism  # noqa: E402
+
 OPSET = 13
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 MAX_MODEL_BYTES = 1 << 20
-
-
-def read_idx(path):
-    """Read a gzip-compressed IDX file (unsigned byte data) into a numpy array."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError("%s: not an IDX file" % path)
-    if data[2] != 0x08:
-        raise ValueError("%s: unsupported IDX element type 0x%02x" % (path, data[2]))
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    count = int(np.prod(dims))
-    if len(data) - offset != count:
-        raise ValueError("%s: size mismatch" % path)
-    return np.frombuffer(data, dtype=np.uint8, count=count, offset=offset).reshape(dims)
-
-
-def load_split(data_dir, split):
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(os.path.join(data_dir, "%s-images-idx3-ubyte.gz" % prefix))
-    labels = read_idx(os.path.join(data_dir, "%s-labels-idx1-ubyte.gz" % prefix))
-    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-        raise ValueError("unexpected %s split shapes %s / %s" % (split, images.shape, labels.shape))
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # [N,1,28,28]
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
 
 
 class FashionCNN(nn.Module):
@@ -100,34 +69,10 @@ class FashionCNN(nn.Module):
         return self.fc2(x)
 
 
-def set_determinism(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    try:
-        torch.use_deterministic_algorithms(True)
-    except Exception as e:  # pragma: no cover - depends on the torch build
-        print("warning: deterministic algorithms unavailable: %s" % e, file=sys.stderr)
-    if hasattr(torch.backends, "cudnn"):
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-@torch.no_grad()
-def evaluate(model, x, y, batch=1000):
-    model.eval()
-    correct = 0
-    for i in range(0, x.shape[0], batch):
-        pred = model(x[i:i + batch]).argmax(dim=1)
-        correct += int((pred == y[i:i + batch]).sum())
-    return correct / x.shape[0]
-
-
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=os.environ.get("QUANTD_FASHION_MNIST_DIR", DEFAULT_DATA_DIR))
+    ap.add_argument("--data-dir", default=fc.default_data_dir())
     ap.add_argument("--out-dir", default=here)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
@@ -144,7 +89,6 @@ def main():
     model = FashionCNN()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
-    n = x_train.shape[0]
     for epoch in range(args.epochs):
         # Step decay: full rate, then 1/3 and 1/10 for the final two epochs.
         scale = 1.0
@@ -154,19 +98,10 @@ def main():
             scale = 0.3
         for g in opt.param_groups:
             g["lr"] = args.lr * scale
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total_loss = 0.0
-        for i in range(0, n, args.batch):
-            idx = perm[i:i + args.batch]
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            loss.backward()
-            opt.step()
-            total_loss += float(loss) * idx.shape[0]
+        train_loss = fc.train_epoch(model, opt, x_train, y_train, args.batch, gen)
         acc = evaluate(model, x_test, y_test)
         print("epoch %d: train loss %.4f, test accuracy %.4f (%.0fs)"
-              % (epoch + 1, total_loss / n, acc, time.time() - t0))
+              % (epoch + 1, train_loss, acc, time.time() - t0))
         sys.stdout.flush()
 
     model.eval()
@@ -175,36 +110,9 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     onnx_path = os.path.join(args.out_dir, "fashion_cnn.onnx")
     json_path = os.path.join(args.out_dir, "fashion_cnn.json")
-    dummy = torch.zeros(1, 1, 28, 28, dtype=torch.float32)
-    torch.onnx.export(
-        model, dummy, onnx_path,
-        opset_version=OPSET,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        do_constant_folding=True,
-        export_params=True,
-    )
-    size = os.path.getsize(onnx_path)
-    if size >= MAX_MODEL_BYTES:
-        raise SystemExit("exported model is %d bytes, expected < %d" % (size, MAX_MODEL_BYTES))
-
-    try:
-        import onnx
-        onnx.checker.check_model(onnx.load(onnx_path))
-    except ImportError:
-        print("warning: onnx package not available, model not checked", file=sys.stderr)
-
-    meta = {
-        "input": INPUT_NAME,
-        "output": OUTPUT_NAME,
-        "fp32_test_accuracy": round(test_acc, 4),
-        "opset": OPSET,
-        "trained_by": "models/train_fashion_cnn.py",
-    }
-    with open(json_path, "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
+    size = fc.export_onnx(model, onnx_path, OPSET, MAX_MODEL_BYTES)
+    fc.check_onnx(onnx_path)
+    fc.write_meta(json_path, test_acc, OPSET, "models/train_fashion_cnn.py")
 
     print("wrote %s (%d bytes) and %s" % (onnx_path, size, json_path))
     print("test accuracy: %.4f" % test_acc)
