@@ -16,8 +16,10 @@ DEBIAN_PACKAGES=(
   libonnx-dev libopencv-dev libeigen3-dev libdnnl-dev
   libboost-dev libboost-system-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libsqlite3-dev libarchive-dev libssl-dev nlohmann-json3-dev
+  libpq-dev postgresql
   python3 python3-torch python3-numpy python3-onnx
   dataset-fashion-mnist libonnx-testdata opencv-doc
+  clang libclang-rt-14-dev
 )
 ORT_PEER_DIR="$ROOT/tests/peer"
 
@@ -114,6 +116,31 @@ cmd_test() {
   cmake --build "$ASAN_BUILD_DIR" -j "$JOBS" --target quantd_unit_tests
   (cd "$ASAN_BUILD_DIR" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --output-on-failure -L unit -j "$JOBS")
+  cmd_fuzz
+}
+
+# Each libFuzzer target runs for a bounded time from its seed corpus (plus
+# every past regression). A crash or hang fails the run; the input is kept
+# in fuzz/findings/ to be fixed and moved to fuzz/regressions/.
+cmd_fuzz() {
+  local seconds="${QUANTD_FUZZ_SECONDS:-30}" dir="$ROOT/build-fuzz" work
+  CC=clang CXX=clang++ cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DQUANTD_FUZZ=ON -DQUANTD_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$dir" -j "$JOBS" --target model_loader_fuzzer config_parser_fuzzer archive_reader_fuzzer
+  work="$(mktemp -d)"
+  for target in model_loader config_parser archive_reader; do
+    mkdir -p "$work/$target" "$ROOT/fuzz/findings"
+    cp "$ROOT/fuzz/corpus/$target/"* "$work/$target/"
+    find "$ROOT/fuzz/regressions/$target" -type f ! -name '.*' -exec cp {} "$work/$target/" \;
+    log "fuzzing $target for ${seconds}s"
+    if ! (cd "$work" && "$dir/bin/${target}_fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+          -artifact_prefix="$ROOT/fuzz/findings/${target}-" "$work/$target" >"$work/$target.log" 2>&1); then
+      tail -40 "$work/$target.log" >&2
+      log "fuzzer $target found a failure; its input is in fuzz/findings/"
+      return 1
+    fi
+  done
+  rm -rf "$work"
 }
 
 usage() {
@@ -122,7 +149,8 @@ usage: ./quantd.sh COMMAND
   deps    install missing Debian packages and the npm ONNX Runtime test peer
   build   Release build with ccache: build/bin/{quantd,quantd-worker,quantctl}
   demo    deps + build, start quantd on its defaults, quantize the bundled model end to end
-  test    deps + build, run the whole test suite (and the unit tests under ASan/UBSan)
+  test    deps + build, run the whole test suite (and the unit tests under ASan/UBSan, and the fuzzers)
+  fuzz    run each libFuzzer target for QUANTD_FUZZ_SECONDS (default 30)
 USAGE
 }
 
@@ -131,6 +159,7 @@ case "${1:-}" in
   build) cmd_build ;;
   demo) cmd_demo ;;
   test) cmd_test ;;
+  fuzz) cmd_fuzz ;;
   -h|--help|help|"") usage ;;
   *) usage; exit 2 ;;
 esac

@@ -2,18 +2,24 @@
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <map>
 #include <optional>
+#include <random>
+#include <thread>
 
 #include "client/client.h"
 #include "client/progress.h"
 #include "common/archive.h"
 #include "common/files.h"
 #include "common/ids.h"
+#include "worker/calib/dataset.h"
+#include "worker/onnx/model_io.h"
 #include "worker/pipeline/pipeline.h"
+#include "worker/runtime/executor.h"
 
 namespace {
 
@@ -33,6 +39,10 @@ commands:
   fetch JOB --out DIR  download the job's artifacts (resumes partial downloads)
   convert --model M.onnx --config C.yaml [--calib NAME=DIR ...] --out DIR
                        run the quantization pipeline here, with no server
+  run --model M.onnx --input NAME=FILE.npy ... --out DIR [--threads N]
+                       run a model in quantd's executor; writes each output as DIR/NAME.npy
+  bench --model M.onnx [--batch B] [--iters K] [--threads N]
+                       time the executor on random inputs; prints {"ms_per_batch": ...}
 
 --server defaults to $QUANTD_SERVER or 127.0.0.1:50051.
 Exit status: 0 success; 1 the job failed or was cancelled; 2 usage or request error.
@@ -165,7 +175,8 @@ int Submit(quantd::client::QuantClient& client, const Args& args) {
     auto archive_sha = client.UploadFile(archive);
     std::error_code ec;
     std::filesystem::remove(archive, ec);
-    if (!archive_sha.ok()) DieStatus(archive_sha.status().WithContext("uploading calibration for " + folder.input_name));
+    if (!archive_sha.ok())
+      DieStatus(archive_sha.status().WithContext("uploading calibration for " + folder.input_name));
     auto* entry = request.add_calibration();
     entry->set_input_name(folder.input_name);
     entry->set_archive_sha256(*archive_sha);
@@ -222,13 +233,25 @@ int List(quantd::client::QuantClient& client, const Args& args) {
     for (const auto& job : page->jobs()) {
       if (printed++ >= limit) break;
       std::printf("%-22s %-10s %-14s %3.0f%% %-4s %-8d %s\n", job.id().c_str(),
-                  quantd::client::StateName(job.state()).c_str(), job.quant_type().c_str(), job.progress() * 100,
-                  "", job.attempts(), job.model_name().c_str());
+                  quantd::client::StateName(job.state()).c_str(), job.quant_type().c_str(), job.progress() * 100, "",
+                  job.attempts(), job.model_name().c_str());
     }
     if (page->next_page_token().empty()) break;
     request.set_page_token(page->next_page_token());
   }
   return 0;
+}
+
+int ParseCount(const Args& args, const std::string& name, int fallback, int max) {
+  auto value = args.Get(name);
+  if (!value) return fallback;
+  try {
+    size_t used = 0;
+    int parsed = std::stoi(*value, &used);
+    if (used == value->size() && parsed >= 1 && parsed <= max) return parsed;
+  } catch (const std::exception&) {
+  }
+  Die("--" + name + " must be an integer in 1.." + std::to_string(max) + ", got '" + *value + "'");
 }
 
 // Prints pipeline progress of an in-process conversion.
@@ -250,6 +273,8 @@ int Convert(const Args& args) {
   request.config_text = ReadText(args.Require("config"), "--config");
   request.calibration = ParseCalib(args);
   request.out_dir = args.Require("out");
+  request.num_threads =
+      ParseCount(args, "threads", static_cast<int>(std::max(1u, std::thread::hardware_concurrency())), 256);
   std::error_code ec;
   if (!std::filesystem::is_regular_file(request.model_path, ec)) {
     Die("--model " + request.model_path.string() + " is not a file");
@@ -258,11 +283,81 @@ int Convert(const Args& args) {
   auto result = quantd::pipeline::RunPipeline(request, observer);
   observer.Finish();
   if (!result.ok()) {
-    std::cerr << "quantctl: convert failed: " << result.status().message() << " [" << result.status().reason()
-              << "]\n";
+    std::cerr << "quantctl: convert failed: " << result.status().message() << " [" << result.status().reason() << "]\n";
     return 1;
   }
   std::cerr << "wrote " << request.out_dir.string() << "/model.onnx and summary.json\n";
+  return 0;
+}
+
+std::unique_ptr<quantd::runtime::Executor> LoadExecutor(const std::string& path, int threads) {
+  auto model = quantd::LoadModel(path, quantd::ModelLimits{});
+  if (!model.ok()) DieStatus(model.status().WithContext(path));
+  auto executor = quantd::runtime::Executor::Create(*model, {threads, nullptr});
+  if (!executor.ok()) DieStatus(executor.status());
+  return std::move(*executor);
+}
+
+int RunModel(const Args& args) {
+  auto executor = LoadExecutor(args.Require("model"), ParseCount(args, "threads", 1, 256));
+  std::map<std::string, quantd::runtime::Tensor> feeds;
+  for (const auto& spec : args.All("input")) {
+    auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0) Die("--input takes NAME=FILE.npy, got '" + spec + "'");
+    auto tensor = quantd::calib::ReadNpy(spec.substr(eq + 1), int64_t{4} << 30);
+    if (!tensor.ok()) DieStatus(tensor.status());
+    feeds[spec.substr(0, eq)] = std::move(*tensor);
+  }
+  auto outputs = executor->Run(feeds);
+  if (!outputs.ok()) DieStatus(outputs.status());
+  std::filesystem::path out = args.Require("out");
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  for (const auto& [name, tensor] : *outputs) {
+    std::string file = name;
+    std::replace(file.begin(), file.end(), '/', '_');
+    if (auto status = quantd::calib::WriteNpy(out / (file + ".npy"), tensor); !status.ok()) DieStatus(status);
+    std::cerr << name << " " << quantd::runtime::ToString(tensor.dtype()) << " "
+              << quantd::runtime::ShapeToString(tensor.shape()) << "\n";
+  }
+  return 0;
+}
+
+int BenchModel(const Args& args) {
+  const int batch = ParseCount(args, "batch", 1, 4096);
+  const int iterations = ParseCount(args, "iters", 20, 1000000);
+  const int threads = ParseCount(args, "threads", 1, 256);
+  auto executor = LoadExecutor(args.Require("model"), threads);
+  std::map<std::string, quantd::runtime::Tensor> feeds;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  for (const auto& input : executor->inputs()) {
+    if (input.optional) continue;
+    quantd::runtime::Shape shape = input.shape;
+    for (size_t i = 0; i < shape.size(); ++i) {
+      if (shape[i] < 0) {
+        if (i != 0)
+          Die("input '" + input.name + "' has a dynamic dimension " + std::to_string(i) +
+              "; only the batch may be dynamic");
+        shape[i] = batch;
+      }
+    }
+    if (input.dtype != quantd::runtime::DataType::kFloat)
+      Die("bench feeds float32 inputs only; '" + input.name + "' is " + quantd::runtime::ToString(input.dtype));
+    quantd::runtime::Tensor tensor(quantd::runtime::DataType::kFloat, shape);
+    for (int64_t i = 0; i < tensor.size(); ++i) tensor.data<float>()[i] = uniform(rng);
+    feeds[input.name] = std::move(tensor);
+  }
+  auto warm = executor->Run(feeds);
+  if (!warm.ok()) DieStatus(warm.status());
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < iterations; ++i) {
+    auto result = executor->Run(feeds);
+    if (!result.ok()) DieStatus(result.status());
+  }
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / iterations;
+  std::printf("{\"model\":\"%s\",\"batch\":%d,\"threads\":%d,\"iters\":%d,\"ms_per_batch\":%.4f}\n",
+              args.Require("model").c_str(), batch, threads, iterations, ms);
   return 0;
 }
 
@@ -294,13 +389,15 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "convert") {
-    return Convert(ParseArgs(argc, argv, i, {"model", "config", "calib", "out"}, {}));
+    return Convert(ParseArgs(argc, argv, i, {"model", "config", "calib", "out", "threads"}, {}));
   }
+  if (command == "run") return RunModel(ParseArgs(argc, argv, i, {"model", "input", "out", "threads"}, {}));
+  if (command == "bench") return BenchModel(ParseArgs(argc, argv, i, {"model", "batch", "iters", "threads"}, {}));
   quantd::client::QuantClient client(server);
   if (command == "submit") {
-    return Submit(client, ParseArgs(argc, argv, i,
-                                    {"model", "config", "calib", "priority", "device", "label", "request-id", "out"},
-                                    {"wait"}));
+    return Submit(
+        client, ParseArgs(argc, argv, i,
+                          {"model", "config", "calib", "priority", "device", "label", "request-id", "out"}, {"wait"}));
   }
   if (command == "list") return List(client, ParseArgs(argc, argv, i, {"state", "limit"}, {}));
   auto args = ParseArgs(argc, argv, i, {"out"}, {});

@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(config.data_dir, ec);
   if (ec) Die("cannot create data dir " + config.data_dir.string() + ": " + ec.message());
-  auto store = quantd::server::JobStore::Open(config.data_dir / "quantd.db");
+  auto store = quantd::server::OpenJobStore(config);
   if (!store.ok()) Die(store.status().message());
   quantd::server::BlobStore blobs(config.data_dir / "blobs", config.max_upload_bytes);
   if (auto status = blobs.Init(); !status.ok()) Die(status.message());
@@ -184,6 +184,8 @@ int main(int argc, char** argv) {
     if (error) return;
     quantd::LogInfo("signal " + std::to_string(signal_number) + ": draining");
     context.draining = true;
+    // Readiness drops first so load balancers stop sending new work here.
+    server->GetHealthCheckService()->SetServingStatus(false);
     // Closing the hub first wakes long-polling workers so they see the stop
     // at once; the server keeps answering while running jobs are handed back.
     hub.Close();

@@ -61,6 +61,7 @@ Status LoadServerConfigFile(const std::filesystem::path& file, ServerConfig& con
   };
   int64_t lease_ttl_seconds = config.lease_ttl_ms / 1000;
   std::string log_format = config.log_json ? "json" : "text";
+  std::string job_store = config.job_store == JobStoreBackend::kPostgres ? "postgres" : "sqlite";
   const std::map<std::string, Setter> setters = {
       {"listen", string_setter(config.listen)},
       {"data_dir", path_setter(config.data_dir)},
@@ -73,6 +74,9 @@ Status LoadServerConfigFile(const std::filesystem::path& file, ServerConfig& con
       {"max_upload_bytes", int_setter(config.max_upload_bytes, 1, int64_t{1} << 40)},
       {"worker_binary", path_setter(config.worker_binary)},
       {"log_format", string_setter(log_format)},
+      {"job_store", string_setter(job_store)},
+      {"postgres_dsn", string_setter(config.postgres_dsn)},
+      {"postgres_connections", int_setter(config.postgres_connections, 1, 256)},
   };
   for (const auto& entry : root) {
     auto key = entry.first.as<std::string>();
@@ -88,6 +92,14 @@ Status LoadServerConfigFile(const std::filesystem::path& file, ServerConfig& con
     return InvalidArgument("SERVER_CONFIG_OUT_OF_RANGE", "quantd.yaml: log_format must be text or json");
   }
   config.log_json = log_format == "json";
+  if (job_store != "sqlite" && job_store != "postgres") {
+    return InvalidArgument("SERVER_CONFIG_OUT_OF_RANGE",
+                           "quantd.yaml: job_store must be sqlite or postgres, got '" + job_store + "'");
+  }
+  config.job_store = job_store == "postgres" ? JobStoreBackend::kPostgres : JobStoreBackend::kSqlite;
+  if (config.job_store == JobStoreBackend::kPostgres && config.postgres_dsn.empty()) {
+    return InvalidArgument("SERVER_CONFIG_MISSING_KEY", "quantd.yaml: job_store: postgres needs postgres_dsn");
+  }
   config.lease_ttl_ms = lease_ttl_seconds * 1000;
   return Status::Ok();
 }

@@ -8,6 +8,11 @@
 
 namespace quantd::server {
 
+enum class JobStoreBackend {
+  kSqlite,    // one file under data_dir; one quantd process
+  kPostgres,  // shared by every quantd replica that names the same database
+};
+
 // Settings of the quantd process. Embedded defaults work with no file:
 // loopback only, data under ./quantd-data, one local worker per core.
 struct ServerConfig {
@@ -23,6 +28,12 @@ struct ServerConfig {
   std::filesystem::path worker_binary;  // empty: quantd-worker beside quantd
   bool log_json = false;
   std::filesystem::path ready_file;  // written once serving: {"listen":..,"metrics":..}
+  JobStoreBackend job_store = JobStoreBackend::kSqlite;
+  // libpq connection string ("host=... dbname=..." or a postgresql:// URI).
+  // Leave the password out: libpq reads PGPASSWORD / PGPASSFILE, which can
+  // come from a secret instead of this file.
+  std::string postgres_dsn;
+  int postgres_connections = 8;  // pool size per quantd process
 };
 
 // Reads quantd.yaml; unknown keys and wrong types are errors naming the key.

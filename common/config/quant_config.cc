@@ -352,10 +352,44 @@ RawValue ToRawValue(const YAML::Node& n) {
   return v;
 }
 
+// Line (1-based) where a second YAML document starts, or 0.
+int SecondDocumentLine(const std::string& text) {
+  bool content = false, ended = false;
+  int line_number = 0;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find('\n', pos);
+    std::string_view line(text.data() + pos, (end == std::string::npos ? text.size() : end) - pos);
+    ++line_number;
+    auto marker = [&](std::string_view m) {
+      return line.substr(0, 3) == m && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r');
+    };
+    auto first = line.find_first_not_of(" \t\r");
+    bool blank_or_comment = first == std::string_view::npos || line[first] == '#';
+    if (marker("---")) {
+      if (content || ended) return line_number;
+    } else if (marker("...")) {
+      ended = content;
+    } else if (!blank_or_comment && line[0] != '%') {
+      if (ended) return line_number;
+      content = true;
+    }
+    if (end == std::string::npos) break;
+    pos = end + 1;
+  }
+  return 0;
+}
+
 StatusOr<RawDoc> ReadYaml(const std::string& text) {
+  // yaml-cpp 0.7's LoadAll() loops forever on some inputs (a lone "," is
+  // enough; found by fuzzing), so documents are counted here and only
+  // Load() parses.
+  if (int line = SecondDocumentLine(text)) {
+    return Error("CONFIG_SYNTAX", "line " + std::to_string(line) + ": only one YAML document is allowed");
+  }
   std::vector<YAML::Node> docs;
   try {
-    docs = YAML::LoadAll(text);
+    docs.push_back(YAML::Load(text));
   } catch (const YAML::DeepRecursion& e) {
     return Error("CONFIG_TOO_LARGE", "line " + std::to_string(e.mark.line + 1) +
                                          ": YAML nests deeper than the configuration allows");
@@ -365,11 +399,6 @@ StatusOr<RawDoc> ReadYaml(const std::string& text) {
     return Error("CONFIG_SYNTAX", std::string("invalid YAML: ") + e.msg);
   }
   RawDoc doc;
-  if (docs.empty()) return doc;
-  if (docs.size() > 1) {
-    return Error("CONFIG_SYNTAX",
-                 "line " + std::to_string(YamlLine(docs[1], 0)) + ": only one YAML document is allowed");
-  }
   const YAML::Node& root = docs[0];
   if (root.IsNull()) return doc;
   int visited = 0;
@@ -940,6 +969,47 @@ Status ValidateQuantConfig(const QuantConfig& cfg, const ValidationContext& ctx)
   return ValidatePreprocess(cfg, ctx);
 }
 
+namespace {
+
+// Offset of the first byte that does not belong to a well-formed UTF-8
+// sequence (overlong forms and surrogates included), or npos.
+size_t FirstInvalidUtf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t length;
+    uint32_t code;
+    if ((byte & 0xE0) == 0xC0) {
+      length = 2;
+      code = byte & 0x1F;
+    } else if ((byte & 0xF0) == 0xE0) {
+      length = 3;
+      code = byte & 0x0F;
+    } else if ((byte & 0xF8) == 0xF0) {
+      length = 4;
+      code = byte & 0x07;
+    } else {
+      return i;
+    }
+    if (i + length > text.size()) return i;
+    for (size_t k = 1; k < length; ++k) {
+      auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0) != 0x80) return i;
+      code = (code << 6) | (next & 0x3F);
+    }
+    static constexpr uint32_t kMinimum[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < kMinimum[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return i;
+    i += length;
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
 StatusOr<QuantConfig> ParseQuantConfig(std::string_view text, const ValidationContext& ctx) {
   if (text.size() > kMaxConfigBytes) {
     return Error("CONFIG_TOO_LARGE", "configuration is " + std::to_string(text.size()) +
@@ -947,6 +1017,11 @@ StatusOr<QuantConfig> ParseQuantConfig(std::string_view text, const ValidationCo
   }
   if (text.find('\0') != std::string_view::npos) {
     return Error("CONFIG_SYNTAX", "configuration contains a NUL byte; it must be text");
+  }
+  // yaml-cpp 0.7 can loop forever on malformed UTF-8 (found by fuzzing), so
+  // only well-formed UTF-8 text reaches it.
+  if (auto bad = FirstInvalidUtf8(text); bad != std::string_view::npos) {
+    return Error("CONFIG_SYNTAX", "configuration is not UTF-8 text (invalid byte at offset " + std::to_string(bad) + ")");
   }
   constexpr std::string_view kBom = "\xEF\xBB\xBF";
   if (text.starts_with(kBom)) text.remove_prefix(kBom.size());

@@ -9,7 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <onnx/onnx_pb.h>
+#include <zlib.h>
+
 #include <chrono>
+#include <opencv2/imgcodecs.hpp>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -77,8 +81,10 @@ nlohmann::json RunOrt(const std::vector<std::string>& args) {
   if (result.exit_code != 0) {
     throw std::runtime_error("ONNX Runtime peer failed (" + std::to_string(result.exit_code) + "): " + result.err);
   }
-  auto last_line = result.out.substr(result.out.rfind('{'));
-  return nlohmann::json::parse(last_line);
+  auto text = result.out;
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  auto newline = text.rfind('\n');
+  return nlohmann::json::parse(newline == std::string::npos ? text : text.substr(newline + 1));
 }
 
 QuantdProcess::QuantdProcess(Options options) {
@@ -148,6 +154,36 @@ QuantdProcess::~QuantdProcess() {
   Stop();
   std::error_code ec;
   if (!std::getenv("QUANTD_KEEP_TEST_DIRS")) std::filesystem::remove_all(root_, ec);
+}
+
+void WriteFashionMnistImages(const std::filesystem::path& dir, int count, int offset, bool train) {
+  const char* root = std::getenv("QUANTD_FASHION_MNIST_DIR");
+  auto file = std::filesystem::path(root ? root : "/usr/share/datasets/fashion-mnist") /
+              (train ? "train-images-idx3-ubyte.gz" : "t10k-images-idx3-ubyte.gz");
+  gzFile in = gzopen(file.c_str(), "rb");
+  if (!in) throw std::runtime_error("cannot open " + file.string());
+  std::vector<unsigned char> header(16);
+  gzread(in, header.data(), 16);
+  gzseek(in, 16 + static_cast<z_off_t>(offset) * 784, SEEK_SET);
+  std::filesystem::create_directories(dir);
+  std::vector<unsigned char> pixels(784);
+  for (int i = 0; i < count; ++i) {
+    if (gzread(in, pixels.data(), 784) != 784) throw std::runtime_error("short read from " + file.string());
+    cv::Mat image(28, 28, CV_8UC1, pixels.data());
+    char name[32];
+    std::snprintf(name, sizeof(name), "%05d.png", offset + i);
+    cv::imwrite((dir / name).string(), image);
+  }
+  gzclose(in);
+}
+
+std::vector<std::string> ModelOpTypes(const std::filesystem::path& model_path) {
+  onnx::ModelProto model;
+  std::ifstream in(model_path, std::ios::binary);
+  if (!model.ParseFromIstream(&in)) throw std::runtime_error("cannot parse " + model_path.string());
+  std::vector<std::string> ops;
+  for (const auto& node : model.graph().node()) ops.push_back(node.op_type());
+  return ops;
 }
 
 std::string HttpGet(const std::string& host_port, const std::string& path) {

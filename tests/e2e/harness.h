@@ -52,6 +52,13 @@ class QuantdProcess {
   pid_t pid_ = -1;
 };
 
+// Writes `count` Fashion-MNIST images (28x28 gray PNG, from the train or
+// test split of Debian's dataset-fashion-mnist) starting at `offset`.
+void WriteFashionMnistImages(const std::filesystem::path& dir, int count, int offset, bool train);
+
+// Op types of a model file, e.g. ONNX Runtime's optimized graph.
+std::vector<std::string> ModelOpTypes(const std::filesystem::path& model);
+
 // Plain HTTP GET over loopback, for the metrics endpoint.
 std::string HttpGet(const std::string& host_port, const std::string& path);
 

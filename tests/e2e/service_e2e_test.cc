@@ -312,3 +312,54 @@ TEST_F(ServiceTest, QuantctlSubmitWaitFetchAndConvertAgree) {
 
 }  // namespace
 }  // namespace quantd::testing
+
+namespace quantd::testing {
+namespace {
+
+// Full quantization through the service: calibration images uploaded as an
+// archive, the model checked in ONNX Runtime for accuracy and for fused
+// integer kernels.
+class FullQuantServiceTest : public ServiceTest {};
+
+TEST_F(FullQuantServiceTest, MaxMinKeepsAccuracyAndOnnxRuntimeFusesIntegerKernels) {
+  auto calib = out_ / "calib";
+  WriteFashionMnistImages(calib, 100, 0, /*train=*/true);
+  auto quantctl = (BinDir() / "quantctl").string();
+  auto run = RunCommand({quantctl, "--server", server_->address(), "submit", "--model", BundledModel().string(),
+                         "--config", (SourceDir() / "configs" / "full_quant.yaml").string(), "--calib",
+                         "input=" + calib.string(), "--wait", "--out", (out_ / "full").string()});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto model = out_ / "full" / "model.onnx";
+  std::ifstream summary_file(out_ / "full" / "summary.json");
+  auto summary = nlohmann::json::parse(summary_file);
+  EXPECT_EQ(summary["quant_type"], "FULL_QUANT");
+  EXPECT_EQ(summary["full_quant"]["calibration_samples"], 100);
+  EXPECT_GT(summary["full_quant"]["bias_corrected_nodes"].get<int>(), 0);
+
+  auto optimized = out_ / "optimized.onnx";
+  auto ort = RunOrt({"eval", "--model", model.string(), "--reference", BundledModel().string(), "--count", "10000",
+                     "--optimized-model-path", optimized.string()});
+  double fp32 = ort["reference_accuracy"], int8 = ort["accuracy"];
+  EXPECT_GE(int8, fp32 - 0.003) << "fp32 " << fp32 << " vs int8 " << int8;
+  auto ops = ModelOpTypes(optimized);
+  EXPECT_NE(std::find(ops.begin(), ops.end(), "QLinearConv"), ops.end())
+      << "ONNX Runtime did not fuse the QDQ convolutions into integer kernels";
+}
+
+TEST_F(FullQuantServiceTest, HostileCalibrationArchiveFailsTheJobWithAClearReason) {
+  auto calib = out_ / "calib";
+  WriteFashionMnistImages(calib, 4, 0, true);
+  {
+    std::ofstream broken(calib / "00002.png", std::ios::binary | std::ios::trunc);
+    broken << "not an image";
+  }
+  auto run = RunCommand({(BinDir() / "quantctl").string(), "--server", server_->address(), "submit", "--model",
+                         BundledModel().string(), "--config", (SourceDir() / "configs" / "full_quant.yaml").string(),
+                         "--calib", "input=" + calib.string(), "--wait"});
+  EXPECT_EQ(run.exit_code, 1) << run.err;
+  EXPECT_NE(run.err.find("CALIBRATION_IMAGE_UNREADABLE"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("00002.png"), std::string::npos) << run.err;
+}
+
+}  // namespace
+}  // namespace quantd::testing

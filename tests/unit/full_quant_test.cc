@@ -149,7 +149,7 @@ TEST(FullQuantTest, SkippedNodesStayFloatAndBiasCorrectionIsApplied) {
   auto model = SmallConvNet();
   FullQuantOptions options;
   options.skip_quant_node = {"fc"};
-  options.bias_corrections["conv"] = {1.0f, 0.0f, -1.0f};
+  options.input_channel_means["conv"] = {0.5, -0.25};
   auto report = QuantizeStatic(model, Table(), options);
   ASSERT_TRUE(report.ok());
   GraphView view(model.graph());
@@ -163,13 +163,33 @@ TEST(FullQuantTest, SkippedNodesStayFloatAndBiasCorrectionIsApplied) {
     if (param.tensor_name == "b") bias = &param;
   }
   ASSERT_NE(bias, nullptr);
-  EXPECT_EQ(bias->correction, (std::vector<float>{1.0f, 0.0f, -1.0f}));
+  // Independent computation of -(W_q - W).E[x]: per output channel c,
+  // W_q = round(W / s_c) * s_c with s_c = max|W_c| / 127, summed over the
+  // kernel window and weighted by the input channel's mean.
+  std::vector<float> w(3 * 2 * 3 * 3);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(static_cast<float>(i)) * (1 + static_cast<float>(i / 18));
+  const double means[] = {0.5, -0.25};
+  std::vector<float> expected(3);
+  for (int c = 0; c < 3; ++c) {
+    float max_abs = 0;
+    for (int j = 0; j < 18; ++j) max_abs = std::max(max_abs, std::fabs(w[static_cast<size_t>(c * 18 + j)]));
+    float scale = max_abs / 127.0f;
+    double total = 0;
+    for (int j = 0; j < 18; ++j) {
+      float value = w[static_cast<size_t>(c * 18 + j)];
+      total += (std::nearbyint(value / scale) * scale - value) * means[j / 9];
+    }
+    expected[static_cast<size_t>(c)] = static_cast<float>(-total);
+  }
+  ASSERT_EQ(bias->correction.size(), 3u);
+  for (int c = 0; c < 3; ++c) EXPECT_NEAR(bias->correction[static_cast<size_t>(c)], expected[static_cast<size_t>(c)], 1e-5);
+  EXPECT_EQ(report->bias_corrected_nodes, 1);
   const auto* conv = FindNode(model.graph(), "conv");
   const auto& dq = model.graph().node(view.ProducerIndex(conv->input(2)));
   auto scales = ReadFloatTensor(*view.Initializer(dq.input(1)));
   const auto* q = reinterpret_cast<const int32_t*>(view.Initializer(dq.input(0))->raw_data().data());
-  EXPECT_NEAR(q[0] * (*scales)[0], 1.5f, (*scales)[0]);
-  EXPECT_NEAR(q[2] * (*scales)[2], -0.875f, (*scales)[2]);
+  EXPECT_NEAR(q[0] * (*scales)[0], 0.5f + expected[0], (*scales)[0]);
+  EXPECT_NEAR(q[2] * (*scales)[2], 0.125f + expected[2], (*scales)[2]);
 }
 
 TEST(FullQuantTest, NvgpuUsesInt8SymmetricActivations) {

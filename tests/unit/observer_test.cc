@@ -55,7 +55,7 @@ TEST(ObserverTest, KlClipsFarOutliersOfAUniformDistribution) {
   // Clipping near the uniform edge loses almost nothing; keeping ±20 would
   // waste 95% of the levels on ten values.
   EXPECT_GT(range.max, 0.9f);
-  EXPECT_LT(range.max, 1.25f);
+  EXPECT_LT(range.max, 1.5f);
   EXPECT_NEAR(range.min, -range.max, 0.05f);
 }
 
@@ -71,7 +71,8 @@ TEST(ObserverTest, KlThresholdOfAGaussianIsAFewSigmas) {
   // it: the threshold lies in the far tail, never inside the bulk.
   EXPECT_GT(range.max, 3.0f);
   EXPECT_LE(range.max, observer->Seen().max);
-  EXPECT_NEAR(range.min, -range.max, 0.3f);
+  EXPECT_LT(range.min, -3.0f);
+  EXPECT_GE(range.min, observer->Seen().min);
 }
 
 TEST(ObserverTest, KlOnNonNegativeDataStartsAtZero) {

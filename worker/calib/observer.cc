@@ -58,31 +58,52 @@ class RemovalOutlierObserver final : public HistogramObserver {
   }
 };
 
-class KlObserver final : public HistogramObserver {
+// KL keeps its own histogram of |x| over [0, max|x|]. Exact zeros (half of
+// every ReLU output) are counted apart: any zero point represents them
+// exactly, and as a spike in the first bin they would drag the search
+// towards uselessly small thresholds.
+class KlObserver final : public Observer {
  public:
-  TensorRange Range() const override {
-    if (histogram_.empty()) return {};
-    // Fold the signed histogram into one of |x| with the same bin width.
-    const auto& counts = histogram_.counts();
-    const float lo = histogram_.lo(), hi = histogram_.hi();
-    const float width = (hi - lo) / static_cast<float>(counts.size());
-    const float abs_max = std::max(std::fabs(lo), std::fabs(hi));
-    if (abs_max == 0.0f || width <= 0.0f) return Seen();
-    const size_t abs_bins = std::max<size_t>(1, static_cast<size_t>(std::ceil(abs_max / width)));
-    std::vector<double> abs_histogram(abs_bins, 0.0);
-    for (size_t i = 0; i < counts.size(); ++i) {
-      if (counts[i] == 0.0) continue;
-      float center = lo + (static_cast<float>(i) + 0.5f) * width;
-      auto bin = std::min(abs_bins - 1, static_cast<size_t>(std::fabs(center) / width));
-      abs_histogram[bin] += counts[i];
+  KlObserver() : magnitudes_(8192, /*from_zero=*/true) {}
+
+  void Observe(const float* data, int64_t count) override {
+    float buffer[4096];
+    int64_t i = 0;
+    while (i < count) {
+      int filled = 0;
+      for (; i < count && filled < 4096; ++i) {
+        float v = data[i];
+        if (!std::isfinite(v)) continue;
+        if (!seen_any_) {
+          min_ = max_ = v;
+          seen_any_ = true;
+        }
+        min_ = std::min(min_, v);
+        max_ = std::max(max_, v);
+        if (v != 0.0f) buffer[filled++] = std::fabs(v);
+      }
+      magnitudes_.Add(buffer, filled);
     }
-    const bool non_negative = histogram_.seen_min() >= 0.0f;
-    // Non-negative data uses all 256 uint8 levels on one side; signed data
-    // has 128 per side.
-    float threshold = KlThreshold(abs_histogram, width, non_negative ? 255 : 127);
-    TensorRange seen = Seen();
-    return {non_negative ? 0.0f : std::max(seen.min, -threshold), std::min(seen.max, threshold)};
   }
+
+  TensorRange Seen() const override { return {min_, max_}; }
+
+  TensorRange Range() const override {
+    if (!seen_any_ || magnitudes_.empty()) return Seen();
+    const auto& counts = magnitudes_.counts();
+    const float width = magnitudes_.hi() / static_cast<float>(counts.size());
+    const bool non_negative = min_ >= 0.0f;
+    // Non-negative data uses all 256 uint8 levels on one side; signed data
+    // has about 128 per side.
+    float threshold = KlThreshold(counts, width, non_negative ? 255 : 127);
+    threshold = std::min(threshold, std::max(std::fabs(min_), std::fabs(max_)));
+    return {non_negative ? 0.0f : std::max(min_, -threshold), std::min(max_, threshold)};
+  }
+
+ private:
+  StreamingHistogram magnitudes_;
+  float min_ = 0.0f, max_ = 0.0f;
+  bool seen_any_ = false;
 };
 
 }  // namespace
@@ -112,7 +133,7 @@ void StreamingHistogram::Add(const float* data, int64_t count) {
     seen_min_ = lo;
     seen_max_ = hi;
     float pad = std::max(1e-6f, (hi - lo) * 1e-3f);
-    lo_ = lo - pad;
+    lo_ = from_zero_ ? 0.0f : lo - pad;
     hi_ = hi + pad;
   } else {
     seen_min_ = std::min(seen_min_, lo);
@@ -120,7 +141,7 @@ void StreamingHistogram::Add(const float* data, int64_t count) {
     if (lo < lo_ || hi > hi_) {
       // Widen with headroom so a slowly growing range re-bins rarely.
       float span = std::max(hi, hi_) - std::min(lo, lo_);
-      Widen(lo < lo_ ? lo - 0.25f * span : lo_, hi > hi_ ? hi + 0.25f * span : hi_);
+      Widen(from_zero_ ? 0.0f : (lo < lo_ ? lo - 0.25f * span : lo_), hi > hi_ ? hi + 0.25f * span : hi_);
     }
   }
   const float scale = static_cast<float>(counts_.size()) / (hi_ - lo_);

@@ -33,7 +33,9 @@ class Observer {
 // (memory) never changes.
 class StreamingHistogram {
  public:
-  explicit StreamingHistogram(int bins = 8192) : counts_(static_cast<size_t>(bins), 0.0) {}
+  // `from_zero`: the range always starts at 0 (for histograms of |x|).
+  explicit StreamingHistogram(int bins = 8192, bool from_zero = false)
+      : counts_(static_cast<size_t>(bins), 0.0), from_zero_(from_zero) {}
   void Add(const float* data, int64_t count);
   bool empty() const { return total_ == 0; }
   float lo() const { return lo_; }
@@ -52,6 +54,7 @@ class StreamingHistogram {
   float lo_ = 0.0f, hi_ = 0.0f;
   float seen_min_ = 0.0f, seen_max_ = 0.0f;
   double total_ = 0.0;
+  bool from_zero_ = false;
 };
 
 // KL (entropy) threshold search on a histogram of |x|: the clipping

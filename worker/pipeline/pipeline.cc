@@ -1,12 +1,16 @@
 #include "worker/pipeline/pipeline.h"
 
 #include <chrono>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/files.h"
 #include "common/sha256.h"
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/model_io.h"
+#include "worker/pipeline/calibrate.h"
+#include "worker/quant/full_quant.h"
 #include "worker/quant/weight_quant.h"
 
 #ifndef QUANTD_VERSION
@@ -96,6 +100,87 @@ nlohmann::json WeightReportJson(const WeightQuantReport& report) {
   return {{"quantized", quantized}, {"skipped", skipped}};
 }
 
+bool IsWeighted(const std::string& op) {
+  return op == "Conv" || op == "ConvTranspose" || op == "Gemm" || op == "MatMul";
+}
+
+// Calibrates, quantizes, and (with bias_correction) measures the mean shift
+// each quantized layer's output suffers and folds it into that layer's bias.
+StatusOr<nlohmann::json> RunFullQuant(const PipelineRequest& request, const config::QuantConfig& config,
+                                      onnx::ModelProto& model, StageRunner& stages, PipelineObserver& observer) {
+  std::set<std::string> skip(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
+  // Bias correction needs each weighted node's mean input per channel.
+  std::map<std::string, int> mean_tensors;
+  std::map<std::string, std::vector<std::string>> nodes_reading;
+  if (config.full.bias_correction) {
+    for (const auto& node : model.graph().node()) {
+      if (!IsWeighted(node.op_type()) || skip.count(node.name()) || node.input_size() == 0) continue;
+      if (node.op_type() == "ConvTranspose") continue;
+      mean_tensors[node.input(0)] = node.op_type() == "MatMul" ? -1 : 1;
+      nodes_reading[node.input(0)].push_back(node.name());
+    }
+  }
+  CalibrationRequest calibration_request;
+  calibration_request.model = &model;
+  calibration_request.config = &config;
+  for (const auto& folder : request.calibration) {
+    calibration_request.folders.push_back({folder.input_name, folder.dir.string()});
+  }
+  calibration_request.num_threads = request.num_threads;
+  calibration_request.channel_mean_tensors = mean_tensors;
+  CalibrationResult calibration;
+  QUANTD_RETURN_IF_ERROR(stages.Run("calibrate", [&]() -> Status {
+    calibration_request.on_progress = [&](size_t done, size_t total) {
+      observer.OnProgress("calibrate", total ? static_cast<double>(done) / static_cast<double>(total) : 1.0);
+      return !observer.CancelRequested();
+    };
+    QUANTD_ASSIGN_OR_RETURN(calibration, Calibrate(calibration_request));
+    observer.OnLog(LogLevel::kInfo, "calibrated " + std::to_string(calibration.table.size()) + " tensors on " +
+                                        std::to_string(calibration.samples) + " samples with " +
+                                        config::ToString(config.full.activation_quant_method));
+    return Status::Ok();
+  }));
+
+  FullQuantOptions options;
+  options.activations = config.full.target_device == config::TargetDevice::kNvGpu ? ActivationScheme::kInt8Symmetric
+                                                                                  : ActivationScheme::kUint8Asymmetric;
+  options.skip_quant_node = skip;
+  for (const auto& [tensor, means] : calibration.channel_means) {
+    for (const auto& node : nodes_reading[tensor]) options.input_channel_means[node] = means;
+  }
+  onnx::ModelProto quantized;
+  FullQuantReport report;
+  QUANTD_RETURN_IF_ERROR(stages.Run("quantize", [&]() -> Status {
+    quantized = model;
+    QUANTD_ASSIGN_OR_RETURN(report, QuantizeStatic(quantized, calibration.table, options));
+    if (config.full.bias_correction) {
+      observer.OnLog(LogLevel::kInfo,
+                     "bias correction applied to " + std::to_string(report.bias_corrected_nodes) + " layers");
+    }
+    return Status::Ok();
+  }));
+  model = std::move(quantized);
+  observer.OnLog(LogLevel::kInfo, "quantized " + std::to_string(report.quantized_nodes.size()) + " nodes, kept " +
+                                      std::to_string(report.skipped.size()) + " in float");
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& node : report.skipped) {
+    skipped.push_back({{"node", node.node_name}, {"node_type", node.node_type}, {"reason", node.reason}});
+  }
+  nlohmann::json ranges = nlohmann::json::object();
+  for (const auto& [tensor, range] : calibration.table) ranges[tensor] = {range.min, range.max};
+  return nlohmann::json{
+      {"activation_quant_method", config::ToString(config.full.activation_quant_method)},
+      {"activation_ranges", ranges},
+      {"activation_type",
+       options.activations == ActivationScheme::kInt8Symmetric ? "INT8_SYMMETRIC" : "UINT8_ASYMMETRIC"},
+      {"calibration_samples", calibration.samples},
+      {"calibrated_tensors", calibration.table.size()},
+      {"quantized_nodes", report.quantized_nodes},
+      {"skipped", skipped},
+      {"bias_corrected_nodes", report.bias_corrected_nodes},
+  };
+}
+
 }  // namespace
 
 bool IsInputError(const Status& status) {
@@ -107,10 +192,8 @@ bool IsInputError(const Status& status) {
     case StatusCode::kNotFound:
     case StatusCode::kPermissionDenied:
     case StatusCode::kResourceExhausted:
-    case StatusCode::kCancelled:
-      return true;
-    default:
-      return false;
+    case StatusCode::kCancelled: return true;
+    default: return false;
   }
 }
 
@@ -145,43 +228,48 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
 
   nlohmann::json mode_report;
   std::string storage_note;
-  QUANTD_RETURN_IF_ERROR(stages.Run("quantize", [&]() -> Status {
-    switch (config.common.quant_type) {
-      case config::QuantType::kWeightQuant: {
-        if (config.common.bit_num == 0) {
+  if (config.common.quant_type == config::QuantType::kFullQuant) {
+    QUANTD_ASSIGN_OR_RETURN(mode_report, RunFullQuant(request, config, model, stages, observer));
+  } else {
+    QUANTD_RETURN_IF_ERROR(stages.Run("quantize", [&]() -> Status {
+      switch (config.common.quant_type) {
+        case config::QuantType::kWeightQuant: {
+          if (config.common.bit_num == 0) {
+            return Unimplemented("MODE_NOT_AVAILABLE",
+                                 "mixed-bit weight quantization (bit_num: 0) is not available in this version; "
+                                 "choose bit_num 1..16");
+          }
+          WeightQuantOptions options;
+          options.bits = config.common.bit_num;
+          options.min_quant_weight_size = config.common.min_quant_weight_size;
+          options.min_quant_weight_channel = config.common.min_quant_weight_channel;
+          options.skip_quant_node.insert(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
+          options.on_progress = [&observer](size_t done, size_t total) {
+            observer.OnProgress("quantize", total == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total));
+            return !observer.CancelRequested();
+          };
+          QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeWeights(model, options));
+          observer.OnLog(LogLevel::kInfo, "quantized " + std::to_string(report.quantized.size()) + " weights to " +
+                                              std::to_string(options.bits) + " bits, skipped " +
+                                              std::to_string(report.skipped.size()));
+          for (const auto& skipped : report.skipped) {
+            observer.OnLog(LogLevel::kInfo,
+                           "skipped " + skipped.node_name + " (" + skipped.node_type + "): " + skipped.reason);
+          }
+          if (!report.storage_note.empty()) observer.OnLog(LogLevel::kInfo, report.storage_note);
+          mode_report = WeightReportJson(report);
+          storage_note = report.storage_note;
+          return Status::Ok();
+        }
+        case config::QuantType::kFullQuant: return Status::Ok();  // runs in its own stages below
+        case config::QuantType::kDynamicQuant:
           return Unimplemented("MODE_NOT_AVAILABLE",
-                               "mixed-bit weight quantization (bit_num: 0) is not available in this version; "
-                               "choose bit_num 1..16");
-        }
-        WeightQuantOptions options;
-        options.bits = config.common.bit_num;
-        options.min_quant_weight_size = config.common.min_quant_weight_size;
-        options.min_quant_weight_channel = config.common.min_quant_weight_channel;
-        options.skip_quant_node.insert(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
-        options.on_progress = [&observer](size_t done, size_t total) {
-          observer.OnProgress("quantize", total == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total));
-          return !observer.CancelRequested();
-        };
-        QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeWeights(model, options));
-        observer.OnLog(LogLevel::kInfo, "quantized " + std::to_string(report.quantized.size()) + " weights to " +
-                                            std::to_string(options.bits) + " bits, skipped " +
-                                            std::to_string(report.skipped.size()));
-        for (const auto& skipped : report.skipped) {
-          observer.OnLog(LogLevel::kInfo, "skipped " + skipped.node_name + " (" + skipped.node_type +
-                                              "): " + skipped.reason);
-        }
-        if (!report.storage_note.empty()) observer.OnLog(LogLevel::kInfo, report.storage_note);
-        mode_report = WeightReportJson(report);
-        storage_note = report.storage_note;
-        return Status::Ok();
+                               config::ToString(config.common.quant_type) +
+                                   " is not available in this version; use WEIGHT_QUANT or FULL_QUANT");
       }
-      case config::QuantType::kFullQuant:
-      case config::QuantType::kDynamicQuant:
-        return Unimplemented("MODE_NOT_AVAILABLE", config::ToString(config.common.quant_type) +
-                                                       " is not available in this version; use WEIGHT_QUANT");
-    }
-    return Internal("UNREACHABLE", "unknown quant_type");
-  }));
+      return Internal("UNREACHABLE", "unknown quant_type");
+    }));
+  }
 
   auto output_path = request.out_dir / "model.onnx";
   QUANTD_RETURN_IF_ERROR(stages.Run("write", [&]() -> Status {
@@ -206,17 +294,20 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
         {"opset", input_opset}}},
       {"output_model",
        {{"file", "model.onnx"}, {"bytes", output_bytes}, {"sha256", output_sha256}, {"opset", DefaultOpset(model)}}},
-      {"compression_ratio", output_bytes > 0 ? static_cast<double>(input_bytes) / static_cast<double>(output_bytes) : 0.0},
+      {"compression_ratio",
+       output_bytes > 0 ? static_cast<double>(input_bytes) / static_cast<double>(output_bytes) : 0.0},
       {"timings", timings},
-      {"weights", mode_report},
+      {config.common.quant_type == config::QuantType::kFullQuant ? "full_quant" : "weights", mode_report},
       {"storage_note", storage_note},
   };
   auto summary_path = request.out_dir / "summary.json";
   QUANTD_RETURN_IF_ERROR(WriteFileAtomic(summary_path, summary.dump(2) + "\n"));
   result.artifacts.push_back(summary_path);
-  observer.OnLog(LogLevel::kInfo, "wrote model.onnx (" + HumanBytes(output_bytes) + ", " +
-                                      std::to_string(static_cast<double>(input_bytes) / std::max<int64_t>(output_bytes, 1)).substr(0, 4) +
-                                      "x smaller)");
+  observer.OnLog(
+      LogLevel::kInfo,
+      "wrote model.onnx (" + HumanBytes(output_bytes) + ", " +
+          std::to_string(static_cast<double>(input_bytes) / std::max<int64_t>(output_bytes, 1)).substr(0, 4) +
+          "x smaller)");
   return result;
 }
 

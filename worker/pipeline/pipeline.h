@@ -23,6 +23,8 @@ struct PipelineRequest {
   // Folders that override calibrate_path (the service extracts archives).
   std::vector<CalibrationFolder> calibration;
   std::filesystem::path out_dir;
+  // Threads the executor may use while calibrating.
+  int num_threads = 1;
 };
 
 struct StageTiming {

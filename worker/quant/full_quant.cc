@@ -65,6 +65,60 @@ onnx::NodeProto MakeNode(const std::string& op, const std::string& name, std::ve
   return node;
 }
 
+int64_t IntAttribute(const onnx::NodeProto& node, const std::string& name, int64_t fallback) {
+  for (const auto& attribute : node.attribute()) {
+    if (attribute.name() == name) return attribute.i();
+  }
+  return fallback;
+}
+
+// -(W_q - W) . E[x] per output channel, for Conv (any group count) and
+// Gemm/MatMul with a 2-D weight. Empty when the layout is not one of those
+// or the means do not fit.
+std::vector<float> WeightErrorShift(const onnx::NodeProto& node, const std::vector<int64_t>& dims,
+                                    const std::vector<float>& error, const std::vector<double>& input_means) {
+  std::vector<float> shift;
+  if (node.op_type() == "Conv" && dims.size() >= 3) {
+    const int64_t out_channels = dims[0], group_in = dims[1], group = IntAttribute(node, "group", 1);
+    int64_t spatial = 1;
+    for (size_t i = 2; i < dims.size(); ++i) spatial *= dims[i];
+    if (group <= 0 || out_channels % group != 0 || static_cast<int64_t>(input_means.size()) != group_in * group) return {};
+    const int64_t per_group = out_channels / group;
+    shift.assign(static_cast<size_t>(out_channels), 0.0f);
+    for (int64_t c = 0; c < out_channels; ++c) {
+      double total = 0;
+      for (int64_t k = 0; k < group_in; ++k) {
+        const float* e = &error[static_cast<size_t>((c * group_in + k) * spatial)];
+        double sum = 0;
+        for (int64_t s = 0; s < spatial; ++s) sum += e[s];
+        total += sum * input_means[static_cast<size_t>((c / per_group) * group_in + k)];
+      }
+      shift[static_cast<size_t>(c)] = static_cast<float>(-total);
+    }
+    return shift;
+  }
+  if ((node.op_type() == "Gemm" || node.op_type() == "MatMul") && dims.size() == 2) {
+    // transA, or alpha/beta other than 1, would change the shift; only
+    // plain Gemm is corrected.
+    for (const auto& attribute : node.attribute()) {
+      if (attribute.name() == "transA" && attribute.i() != 0) return {};
+      if ((attribute.name() == "alpha" || attribute.name() == "beta") && attribute.f() != 1.0f) return {};
+    }
+    const bool transposed = node.op_type() == "Gemm" && IntAttribute(node, "transB", 0) != 0;
+    const int64_t k_size = transposed ? dims[1] : dims[0], n_size = transposed ? dims[0] : dims[1];
+    if (static_cast<int64_t>(input_means.size()) != k_size) return {};
+    shift.assign(static_cast<size_t>(n_size), 0.0f);
+    for (int64_t n = 0; n < n_size; ++n) {
+      double total = 0;
+      for (int64_t k = 0; k < k_size; ++k) {
+        total += error[static_cast<size_t>(transposed ? n * k_size + k : k * n_size + n)] * input_means[static_cast<size_t>(k)];
+      }
+      shift[static_cast<size_t>(n)] = static_cast<float>(-total);
+    }
+  }
+  return shift;
+}
+
 }  // namespace
 
 bool IsQuantizableOp(const std::string& op_type) {
@@ -185,7 +239,7 @@ StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const Calibrat
   // 4. Weights (int8 symmetric per channel) and biases (int32).
   std::map<std::string, std::string> dequantized_weight;  // "tensor@axis" -> DQ output
   std::map<std::string, std::vector<float>> weight_scales;
-  std::map<std::string, int> first_reader;  // initializer DQ goes before its first reader
+  std::map<std::string, std::vector<float>> weight_errors;  // dequantized - float
   for (int index : order) {
     if (!quantized[static_cast<size_t>(index)]) continue;
     auto& node = *graph.mutable_node(index);
@@ -210,6 +264,12 @@ StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const Calibrat
           MakeNode("DequantizeLinear", names.Make(node.input(1) + "_DequantizeLinear"), {q_name, s_name, zp_name}, dq_name, axis));
       dequantized_weight[key] = dq_name;
       weight_scales[key] = q.scales;
+      if (!options.input_channel_means.empty()) {
+        QUANTD_ASSIGN_OR_RETURN(const ChannelLayout layout, MakeChannelLayout(dims, axis));
+        auto dequantized = DequantizePerChannel(q.values, q.scales, layout);
+        for (size_t i = 0; i < dequantized.size(); ++i) dequantized[i] -= values[i];
+        weight_errors[key] = std::move(dequantized);
+      }
       int64_t elements = 1;
       for (auto d : dims) elements *= d;
       std::vector<int32_t> zeros(q.scales.size(), 0);
@@ -218,20 +278,44 @@ StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const Calibrat
     const auto& scales = weight_scales[key];
     node.set_input(1, dequantized_weight[key]);
 
+    // Bias correction: the weights' rounding error shifts every output
+    // channel's mean by (W_q - W) . E[x]; the calibration data gives E[x]
+    // per input channel, and the bias absorbs the shift.
+    std::vector<float> correction;
+    if (auto means = options.input_channel_means.find(node.name());
+        means != options.input_channel_means.end() && weight_errors.count(key)) {
+      correction = WeightErrorShift(node, dims, weight_errors[key], means->second);
+    }
+
     // Bias: int32 with scale = input scale x weight scale, so integer
     // kernels add it to the accumulator directly.
-    int bias_index = 2;
-    if (node.input_size() <= bias_index || node.input(bias_index).empty()) continue;
-    const auto* bias = view.Initializer(node.input(bias_index));
+    const int bias_index = 2;
     const QuantParams* input_params = params_of(node.input(0));
-    if (!bias || bias->data_type() != onnx_type::kFloat || !input_params) continue;
-    auto bias_dims = DimsOf(*bias);
-    QUANTD_ASSIGN_OR_RETURN(auto bias_values, ReadFloatTensor(*bias));
+    if (!input_params || node.op_type() == "MatMul") continue;
+    std::vector<float> bias_values;
+    std::vector<int64_t> bias_dims;
+    std::string bias_name;
+    if (node.input_size() > bias_index && !node.input(bias_index).empty()) {
+      const auto* bias = view.Initializer(node.input(bias_index));
+      if (!bias || bias->data_type() != onnx_type::kFloat) continue;
+      bias_dims = DimsOf(*bias);
+      QUANTD_ASSIGN_OR_RETURN(bias_values, ReadFloatTensor(*bias));
+      bias_name = node.input(bias_index);
+    } else if (!correction.empty()) {
+      // No bias yet: one is added to carry the correction.
+      bias_values.assign(correction.size(), 0.0f);
+      bias_dims = {static_cast<int64_t>(correction.size())};
+      bias_name = names.Make(node.name() + "_bias");
+      while (node.input_size() <= bias_index) node.add_input("");
+    } else {
+      continue;
+    }
     if (bias_dims.size() != 1 || (scales.size() != 1 && bias_values.size() != scales.size())) continue;
-    std::vector<float> correction;
-    if (auto it = options.bias_corrections.find(node.name()); it != options.bias_corrections.end()) {
-      correction = it->second;
-      for (size_t c = 0; c < bias_values.size() && c < correction.size(); ++c) bias_values[c] += correction[c];
+    if (!correction.empty() && correction.size() == bias_values.size()) {
+      for (size_t c = 0; c < bias_values.size(); ++c) bias_values[c] += correction[c];
+      ++report.bias_corrected_nodes;
+    } else {
+      correction.clear();
     }
     std::vector<float> bias_scales(bias_values.size());
     std::string raw(bias_values.size() * sizeof(int32_t), '\0');
@@ -242,16 +326,16 @@ StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const Calibrat
       double q = RoundHalfToEven(static_cast<double>(bias_values[c]) / scale);
       out[c] = static_cast<int32_t>(std::clamp(q, -2147483648.0, 2147483647.0));
     }
-    std::string q_name = names.Make(node.input(bias_index) + "_quantized");
-    std::string s_name = names.Make(node.input(bias_index) + "_scale");
-    std::string dq_name = names.Make(node.input(bias_index) + "_dequantized");
+    std::string q_name = names.Make(bias_name + "_quantized");
+    std::string s_name = names.Make(bias_name + "_scale");
+    std::string dq_name = names.Make(bias_name + "_dequantized");
     const int64_t channels[] = {static_cast<int64_t>(bias_values.size())};
     new_initializers.push_back(MakeRawTensor(q_name, onnx_type::kInt32, channels, raw));
     new_initializers.push_back(MakeRawTensor(s_name, onnx_type::kFloat, channels, FloatBytes(bias_scales)));
     after_node[-2 - index].push_back(
-        MakeNode("DequantizeLinear", names.Make(node.input(bias_index) + "_DequantizeLinear"), {q_name, s_name}, dq_name, 0));
+        MakeNode("DequantizeLinear", names.Make(bias_name + "_DequantizeLinear"), {q_name, s_name}, dq_name, 0));
     std::vector<int32_t> zeros(bias_values.size(), 0);
-    report.params.push_back({node.name(), node.op_type(), node.input(bias_index), bias_dims,
+    report.params.push_back({node.name(), node.op_type(), bias_name, bias_dims,
                              static_cast<int64_t>(bias_values.size()), bias_scales, zeros, 32, correction});
     node.set_input(bias_index, dq_name);
   }

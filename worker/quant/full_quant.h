@@ -31,9 +31,11 @@ enum class ActivationScheme {
 struct FullQuantOptions {
   ActivationScheme activations = ActivationScheme::kUint8Asymmetric;
   std::set<std::string> skip_quant_node;
-  // Added to a Conv/Gemm/MatMul bias (per output channel, in float) before
-  // the bias is quantized; from bias correction. Keyed by node name.
-  std::map<std::string, std::vector<float>> bias_corrections;
+  // Bias correction: the mean of each weighted node's input per input
+  // channel over the calibration data, keyed by node name. For each such
+  // Conv/Gemm the output shift the weight rounding causes, (W_q - W).E[x],
+  // is subtracted through its bias (one is added if it has none).
+  std::map<std::string, std::vector<double>> input_channel_means;
 };
 
 // One quantized tensor, as the debug report's quant_param.csv lists it.
@@ -44,7 +46,7 @@ struct TensorQuantParam {
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
   int bits = 8;
-  std::vector<float> correction;  // bias correction applied, if any
+  std::vector<float> correction;  // bias correction applied (per channel), if any
 };
 
 struct SkippedNode {
@@ -55,6 +57,7 @@ struct FullQuantReport {
   std::vector<std::string> quantized_nodes;
   std::vector<SkippedNode> skipped;
   std::vector<TensorQuantParam> params;
+  int bias_corrected_nodes = 0;
   int output_opset = 0;
 };
 

@@ -1,0 +1,1607 @@
+// Conv, ConvTranspose and com.microsoft FusedConv (Conv followed by an
+// activation, the form graph optimisers fuse Conv+Relu/Clip into).
+//
+// Conv runs on oneDNN's convolution primitive. Its fast implementations want
+// channel-blocked tensors (nChw16c on AVX-512, nChw8c on AVX2) while the
+// executor hands over NCHW, so each call converts a few images at a time:
+// NCHW -> blocked while the input is hot in cache, convolution, blocked ->
+// NCHW. The conversions are hand-vectorised 8x8 transposes that run at cache
+// bandwidth, far cheaper than the convolution. Primitives (and the weights
+// re-laid out for them) are built once per input shape and cached.
+//
+// Shapes oneDNN refuses fall back to im2col + SGEMM, which handles any
+// geometry; ConvTranspose always uses GEMM + col2im.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <onnx/onnx_pb.h>
+
+#include "worker/runtime/kernel.h"
+
+namespace quantd::runtime {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Shared plumbing
+// ---------------------------------------------------------------------------
+
+dnnl::engine& CpuEngine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+// Streams are cheap but not meant to be shared between threads.
+dnnl::stream& ThreadStream() {
+  thread_local dnnl::stream stream(CpuEngine());
+  return stream;
+}
+
+// oneDNN and SGEMM parallelise with OpenMP, whose team size is a per-thread
+// setting: match it to the executor's thread count before every call.
+void SetOmpThreads(int n) {
+  if (omp_get_max_threads() != n) omp_set_num_threads(n);
+}
+
+// Per-thread, grow-only scratch buffers (64-byte aligned), shared by all
+// conv kernels on that thread so the working memory is the largest single
+// need, not the sum over layers.
+enum ScratchSlot { kSlotSrc, kSlotDst, kSlotDnnl, kSlotWeights, kSlotCol, kNumSlots };
+
+float* Scratch(ScratchSlot slot, size_t floats) {
+  struct Buffer {
+    float* data = nullptr;
+    size_t capacity = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local std::array<Buffer, kNumSlots> buffers;
+  Buffer& buffer = buffers[slot];
+  if (buffer.capacity < floats) {
+    std::free(buffer.data);
+    const size_t bytes = (std::max<size_t>(floats, 16) * sizeof(float) + 63) / 64 * 64;
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (buffer.data == nullptr) throw std::bad_alloc();
+    buffer.capacity = bytes / sizeof(float);
+  }
+  return buffer.data;
+}
+
+// Shapes that do not fit the op (the executor adds the node's name).
+Status Invalid(const onnx::NodeProto&, const std::string& message) { return KernelError(message); }
+
+Status UnsupportedType(const std::string& message) {
+  return Status(StatusCode::kUnimplemented, "RUNTIME_UNSUPPORTED_TYPE", message);
+}
+
+// Runs fn(i) for i in [0, n): on the pool when it has threads and there is
+// enough work, otherwise inline. Returns whether it went to the pool.
+template <typename Fn>
+bool MaybeParallel(ThreadPool& pool, int64_t n, Fn&& fn) {
+  if (pool.num_threads() > 1 && n >= pool.num_threads()) {
+    pool.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
+      SetOmpThreads(1);
+      for (int64_t i = begin; i < end; ++i) fn(i);
+    });
+    return true;
+  }
+  SetOmpThreads(pool.num_threads());
+  for (int64_t i = 0; i < n; ++i) fn(i);
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// Activations fused into FusedConv
+// ---------------------------------------------------------------------------
+
+struct Activation {
+  enum Kind { kNone, kRelu, kLeakyRelu, kClip, kSigmoid, kTanh, kHardSigmoid } kind = kNone;
+  float alpha = 0.0f;
+  float beta = 0.0f;
+
+  void AppendTo(dnnl::post_ops& ops) const {
+    using dnnl::algorithm;
+    switch (kind) {
+      case kNone: break;
+      case kRelu: ops.append_eltwise(1.0f, algorithm::eltwise_relu, 0.0f, 0.0f); break;
+      case kLeakyRelu: ops.append_eltwise(1.0f, algorithm::eltwise_relu, alpha, 0.0f); break;
+      case kClip: ops.append_eltwise(1.0f, algorithm::eltwise_clip, alpha, beta); break;
+      case kSigmoid: ops.append_eltwise(1.0f, algorithm::eltwise_logistic, 0.0f, 0.0f); break;
+      case kTanh: ops.append_eltwise(1.0f, algorithm::eltwise_tanh, 0.0f, 0.0f); break;
+      case kHardSigmoid:
+        ops.append_eltwise(1.0f, algorithm::eltwise_linear, alpha, beta);
+        ops.append_eltwise(1.0f, algorithm::eltwise_clip, 0.0f, 1.0f);
+        break;
+    }
+  }
+
+  void Apply(float* data, int64_t n) const {
+    switch (kind) {
+      case kNone: return;
+      case kRelu:
+        for (int64_t i = 0; i < n; ++i) data[i] = std::max(data[i], 0.0f);
+        return;
+      case kLeakyRelu:
+        for (int64_t i = 0; i < n; ++i) data[i] = data[i] >= 0.0f ? data[i] : data[i] * alpha;
+        return;
+      case kClip:
+        for (int64_t i = 0; i < n; ++i) data[i] = std::min(std::max(data[i], alpha), beta);
+        return;
+      case kSigmoid:
+        for (int64_t i = 0; i < n; ++i) data[i] = 1.0f / (1.0f + std::exp(-data[i]));
+        return;
+      case kTanh:
+        for (int64_t i = 0; i < n; ++i) data[i] = std::tanh(data[i]);
+        return;
+      case kHardSigmoid:
+        for (int64_t i = 0; i < n; ++i) data[i] = std::min(std::max(alpha * data[i] + beta, 0.0f), 1.0f);
+        return;
+    }
+  }
+};
+
+StatusOr<Activation> ParseActivation(const KernelInit& init) {
+  Activation act;
+  const std::string name = init.attributes.String("activation", "");
+  const std::vector<float> params = init.attributes.Floats("activation_params");
+  auto need = [&](size_t count) -> Status {
+    if (params.size() != count) {
+      return NodeError("activation " + name + " needs " + std::to_string(count) + " activation_params");
+    }
+    return Status::Ok();
+  };
+  if (name.empty()) {
+    act.kind = Activation::kNone;
+  } else if (name == "Relu") {
+    act.kind = Activation::kRelu;
+  } else if (name == "Sigmoid") {
+    act.kind = Activation::kSigmoid;
+  } else if (name == "Tanh") {
+    act.kind = Activation::kTanh;
+  } else if (name == "LeakyRelu") {
+    QUANTD_RETURN_IF_ERROR(need(1));
+    act = {Activation::kLeakyRelu, params[0], 0.0f};
+  } else if (name == "Clip") {
+    QUANTD_RETURN_IF_ERROR(need(2));
+    act = {Activation::kClip, params[0], params[1]};
+  } else if (name == "HardSigmoid") {
+    QUANTD_RETURN_IF_ERROR(need(2));
+    act = {Activation::kHardSigmoid, params[0], params[1]};
+  } else {
+    return Status(StatusCode::kUnimplemented, "RUNTIME_INVALID_NODE",
+                  "fused activation '" + name + "' is not supported");
+  }
+  return act;
+}
+
+// ---------------------------------------------------------------------------
+// Layout conversion between planar [C][S] and channel-blocked
+// [C/B][S][B] (channels-last is the single-block case B = C).
+// ---------------------------------------------------------------------------
+
+__attribute__((target("avx"))) inline void Transpose8x8(const float* src, int64_t src_stride, float* dst,
+                                                        int64_t dst_stride) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * src_stride);
+  __m256 r1 = _mm256_loadu_ps(src + 1 * src_stride);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * src_stride);
+  __m256 r3 = _mm256_loadu_ps(src + 3 * src_stride);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * src_stride);
+  __m256 r5 = _mm256_loadu_ps(src + 5 * src_stride);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * src_stride);
+  __m256 r7 = _mm256_loadu_ps(src + 7 * src_stride);
+  // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
+  const __m256 a0 = _mm256_unpacklo_ps(r0, r1), a1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 a2 = _mm256_unpacklo_ps(r2, r3), a3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 a4 = _mm256_unpacklo_ps(r4, r5), a5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 a6 = _mm256_unpacklo_ps(r6, r7), a7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+  const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+  const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+  const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * dst_stride, _mm256_permute2f128_ps(b0, b4, 0x20));
+  _mm256_storeu_ps(dst + 1 * dst_stride, _mm256_permute2f128_ps(b1, b5, 0x20));
+  _mm256_storeu_ps(dst + 2 * dst_stride, _mm256_permute2f128_ps(b2, b6, 0x20));
+  _mm256_storeu_ps(dst + 3 * dst_stride, _mm256_permute2f128_ps(b3, b7, 0x20));
+  _mm256_storeu_ps(dst + 4 * dst_stride, _mm256_permute2f128_ps(b0, b4, 0x31));
+  _mm256_storeu_ps(dst + 5 * dst_stride, _mm256_permute2f128_ps(b1, b5, 0x31));
+  _mm256_storeu_ps(dst + 6 * dst_stride, _mm256_permute2f128_ps(b2, b6, 0x31));
+  _mm256_storeu_ps(dst + 7 * dst_stride, _mm256_permute2f128_ps(b3, b7, 0x31));
+}
+
+// 16x16 in three rounds: pairs of rows within 128-bit lanes, quads of rows
+// within lanes (row 4k+c of `b` then holds column 4L+c of rows 4k..4k+3 in
+// lane L), then 128-bit lanes gathered across the four quads.
+__attribute__((target("avx512f"))) inline void Transpose16x16(const float* src, int64_t src_stride, float* dst,
+                                                              int64_t dst_stride) {
+  // Full-mask maskz forms: the plain ones trip GCC 12's -Wuninitialized.
+  constexpr __mmask16 kAll = 0xFFFF;
+  __m512 r[16], a[16], b[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_stride);
+  for (int k = 0; k < 8; ++k) {
+    a[2 * k] = _mm512_maskz_unpacklo_ps(kAll, r[2 * k], r[2 * k + 1]);
+    a[2 * k + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    b[4 * k + 0] = _mm512_maskz_shuffle_ps(kAll, a[4 * k], a[4 * k + 2], 0x44);
+    b[4 * k + 1] = _mm512_maskz_shuffle_ps(kAll, a[4 * k], a[4 * k + 2], 0xEE);
+    b[4 * k + 2] = _mm512_maskz_shuffle_ps(kAll, a[4 * k + 1], a[4 * k + 3], 0x44);
+    b[4 * k + 3] = _mm512_maskz_shuffle_ps(kAll, a[4 * k + 1], a[4 * k + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 e0 = _mm512_maskz_shuffle_f32x4(kAll, b[c], b[4 + c], 0x44);
+    const __m512 e1 = _mm512_maskz_shuffle_f32x4(kAll, b[8 + c], b[12 + c], 0x44);
+    const __m512 e2 = _mm512_maskz_shuffle_f32x4(kAll, b[c], b[4 + c], 0xEE);
+    const __m512 e3 = _mm512_maskz_shuffle_f32x4(kAll, b[8 + c], b[12 + c], 0xEE);
+    _mm512_storeu_ps(dst + (c + 0) * dst_stride, _mm512_maskz_shuffle_f32x4(kAll, e0, e1, 0x88));
+    _mm512_storeu_ps(dst + (c + 4) * dst_stride, _mm512_maskz_shuffle_f32x4(kAll, e0, e1, 0xDD));
+    _mm512_storeu_ps(dst + (c + 8) * dst_stride, _mm512_maskz_shuffle_f32x4(kAll, e2, e3, 0x88));
+    _mm512_storeu_ps(dst + (c + 12) * dst_stride, _mm512_maskz_shuffle_f32x4(kAll, e2, e3, 0xDD));
+  }
+}
+
+struct Tile16 {
+  static constexpr int kSize = 16;
+  __attribute__((target("avx512f"))) static void Move(const float* src, int64_t ss, float* dst, int64_t ds) {
+    Transpose16x16(src, ss, dst, ds);
+  }
+};
+struct Tile8 {
+  static constexpr int kSize = 8;
+  __attribute__((target("avx"))) static void Move(const float* src, int64_t ss, float* dst, int64_t ds) {
+    Transpose8x8(src, ss, dst, ds);
+  }
+};
+struct Tile1 {
+  static constexpr int kSize = 1;
+  static void Move(const float* src, int64_t, float* dst, int64_t) { *dst = *src; }
+};
+
+// planar [channels][spatial] <-> blocked [channels/block][spatial][block]
+// (zero-filled past `channels` when writing the blocked side), in T x T
+// tiles. Inlined into per-ISA entry points so the tile moves inline too.
+template <bool kToBlocked, typename Tile>
+__attribute__((always_inline)) inline void ConvertLayoutTiles(float* planar, float* blocked, int64_t channels,
+                                                              int64_t spatial, int64_t block) {
+  constexpr int T = Tile::kSize;
+  const int64_t blocks = (channels + block - 1) / block;
+  for (int64_t cb = 0; cb < blocks; ++cb) {
+    for (int64_t ct = 0; ct < block; ct += T) {
+      const int64_t c0 = cb * block + ct;
+      const int64_t valid = std::clamp<int64_t>(channels - c0, 0, T);
+      float* group = blocked + cb * spatial * block + ct;
+      float* rows = planar + c0 * spatial;
+      int64_t s = 0;
+      if (valid == T) {
+        for (; s + T <= spatial; s += T) {
+          if constexpr (kToBlocked) {
+            Tile::Move(rows + s, spatial, group + s * block, block);
+          } else {
+            Tile::Move(group + s * block, block, rows + s, spatial);
+          }
+        }
+      }
+      for (; s < spatial; ++s) {
+        for (int64_t c = 0; c < T; ++c) {
+          if constexpr (kToBlocked) {
+            group[s * block + c] = c < valid ? rows[c * spatial + s] : 0.0f;
+          } else if (c < valid) {
+            rows[c * spatial + s] = group[s * block + c];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <bool kToBlocked>
+__attribute__((target("avx512f"))) void ConvertLayout16(float* planar, float* blocked, int64_t channels,
+                                                        int64_t spatial, int64_t block) {
+  ConvertLayoutTiles<kToBlocked, Tile16>(planar, blocked, channels, spatial, block);
+}
+template <bool kToBlocked>
+__attribute__((target("avx"))) void ConvertLayout8(float* planar, float* blocked, int64_t channels, int64_t spatial,
+                                                   int64_t block) {
+  ConvertLayoutTiles<kToBlocked, Tile8>(planar, blocked, channels, spatial, block);
+}
+
+// planar [channels][spatial] <-> blocked; `block` is the oneDNN channel block
+// (channels-last is the single-block case block == channels).
+template <bool kToBlocked>
+void ConvertLayout(float* planar, float* blocked, int64_t channels, int64_t spatial, int64_t block) {
+  static const int isa = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx") ? 1 : 0;
+  if (isa == 2 && block % 16 == 0) return ConvertLayout16<kToBlocked>(planar, blocked, channels, spatial, block);
+  if (isa >= 1 && block % 8 == 0) return ConvertLayout8<kToBlocked>(planar, blocked, channels, spatial, block);
+  ConvertLayoutTiles<kToBlocked, Tile1>(planar, blocked, channels, spatial, block);
+}
+
+// ---------------------------------------------------------------------------
+// Geometry
+// ---------------------------------------------------------------------------
+
+struct ConvAttributes {
+  std::vector<int64_t> kernel_shape, strides, pads, dilations, output_padding, output_shape;
+  std::string auto_pad = "NOTSET";
+  int64_t group = 1;
+  Activation activation;
+};
+
+ConvAttributes ParseConvAttributes(const KernelInit& init) {
+  ConvAttributes a;
+  a.kernel_shape = init.attributes.Ints("kernel_shape");
+  a.strides = init.attributes.Ints("strides");
+  a.pads = init.attributes.Ints("pads");
+  a.dilations = init.attributes.Ints("dilations");
+  a.output_padding = init.attributes.Ints("output_padding");
+  a.output_shape = init.attributes.Ints("output_shape");
+  a.auto_pad = init.attributes.String("auto_pad", "NOTSET");
+  a.group = init.attributes.Int("group", 1);
+  return a;
+}
+
+struct ConvGeometry {
+  int64_t n = 0, c = 0, m = 0, group = 1, cg = 0, mg = 0;
+  // Spatial, always padded to 3 axes (leading axes of size 1) so 1-D, 2-D
+  // and 3-D share one code path.
+  std::array<int64_t, 3> in{1, 1, 1}, out{1, 1, 1}, kernel{1, 1, 1}, stride{1, 1, 1}, dilation{1, 1, 1},
+      pad_begin{0, 0, 0}, pad_end{0, 0, 0};
+  int rank = 2;  // spatial rank as given
+  int64_t in_size() const { return in[0] * in[1] * in[2]; }
+  int64_t out_size() const { return out[0] * out[1] * out[2]; }
+  int64_t kernel_size() const { return kernel[0] * kernel[1] * kernel[2]; }
+  bool pointwise() const {
+    for (int i = 0; i < 3; ++i) {
+      if (kernel[i] != 1 || stride[i] != 1 || pad_begin[i] != 0 || pad_end[i] != 0) return false;
+    }
+    return true;
+  }
+};
+
+Status FillSpatial(const onnx::NodeProto& node, const ConvAttributes& a, const Shape& x, const Shape& w,
+                   ConvGeometry* g) {
+  const int k = static_cast<int>(x.size()) - 2;
+  if (k < 1 || k > 3) {
+    return Status(StatusCode::kUnimplemented, "RUNTIME_KERNEL_ERROR",
+                  "only 1-D, 2-D and 3-D convolutions are supported, got X " + ShapeToString(x));
+  }
+  if (w.size() != x.size()) return Invalid(node, "W " + ShapeToString(w) + " does not match X " + ShapeToString(x));
+  const size_t ku = static_cast<size_t>(k);
+  auto sized = [&](const std::vector<int64_t>& v, size_t n, int64_t fallback, const char* name,
+                   std::vector<int64_t>* out) -> Status {
+    if (v.empty()) {
+      out->assign(n, fallback);
+    } else if (v.size() != n) {
+      return Invalid(node, std::string(name) + " has " + std::to_string(v.size()) + " values, expected " +
+                               std::to_string(n));
+    } else {
+      *out = v;
+    }
+    return Status::Ok();
+  };
+  std::vector<int64_t> kernel, strides, dilations, pads;
+  const std::vector<int64_t> wk(w.begin() + 2, w.end());
+  QUANTD_RETURN_IF_ERROR(sized(a.kernel_shape, ku, 0, "kernel_shape", &kernel));
+  if (a.kernel_shape.empty()) kernel = wk;
+  if (kernel != wk) return Invalid(node, "kernel_shape does not match W " + ShapeToString(w));
+  QUANTD_RETURN_IF_ERROR(sized(a.strides, ku, 1, "strides", &strides));
+  QUANTD_RETURN_IF_ERROR(sized(a.dilations, ku, 1, "dilations", &dilations));
+  QUANTD_RETURN_IF_ERROR(sized(a.pads, 2 * ku, 0, "pads", &pads));
+  g->rank = k;
+  const int off = 3 - k;
+  for (int i = 0; i < k; ++i) {
+    const size_t iu = static_cast<size_t>(i);
+    if (kernel[iu] < 1 || strides[iu] < 1 || dilations[iu] < 1 || pads[iu] < 0 || pads[iu + ku] < 0) {
+      return Invalid(node, "kernel, strides and dilations must be positive and pads non-negative");
+    }
+    g->in[static_cast<size_t>(off + i)] = x[iu + 2];
+    g->kernel[static_cast<size_t>(off + i)] = kernel[iu];
+    g->stride[static_cast<size_t>(off + i)] = strides[iu];
+    g->dilation[static_cast<size_t>(off + i)] = dilations[iu];
+    g->pad_begin[static_cast<size_t>(off + i)] = pads[iu];
+    g->pad_end[static_cast<size_t>(off + i)] = pads[iu + ku];
+  }
+  return Status::Ok();
+}
+
+StatusOr<ConvGeometry> ResolveConv(const onnx::NodeProto& node, const ConvAttributes& a, const Shape& x,
+                                   const Shape& w) {
+  ConvGeometry g;
+  QUANTD_RETURN_IF_ERROR(FillSpatial(node, a, x, w, &g));
+  g.n = x[0];
+  g.c = x[1];
+  g.m = w[0];
+  g.group = a.group;
+  if (g.group < 1 || g.c % g.group != 0 || g.m % g.group != 0 || w[1] * g.group != g.c) {
+    return Invalid(node, "X " + ShapeToString(x) + ", W " + ShapeToString(w) + " and group " +
+                             std::to_string(g.group) + " do not fit together");
+  }
+  g.cg = g.c / g.group;
+  g.mg = g.m / g.group;
+  for (size_t i = 0; i < 3; ++i) {
+    const int64_t eff = (g.kernel[i] - 1) * g.dilation[i] + 1;
+    const int64_t s = g.stride[i];
+    if (a.auto_pad == "SAME_UPPER" || a.auto_pad == "SAME_LOWER") {
+      g.out[i] = (g.in[i] + s - 1) / s;
+      const int64_t total = std::max<int64_t>(0, (g.out[i] - 1) * s + eff - g.in[i]);
+      g.pad_begin[i] = a.auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      g.pad_end[i] = total - g.pad_begin[i];
+    } else if (a.auto_pad == "VALID") {
+      g.pad_begin[i] = g.pad_end[i] = 0;
+      g.out[i] = g.in[i] >= eff ? (g.in[i] - eff) / s + 1 : 0;
+    } else if (a.auto_pad == "NOTSET" || a.auto_pad.empty()) {
+      const int64_t span = g.in[i] + g.pad_begin[i] + g.pad_end[i] - eff;
+      g.out[i] = span >= 0 ? span / s + 1 : 0;
+    } else {
+      return Invalid(node, "unknown auto_pad '" + a.auto_pad + "'");
+    }
+    if (g.out[i] < 1) return Invalid(node, "the kernel does not fit into X " + ShapeToString(x));
+  }
+  return g;
+}
+
+Shape OutputShape(const ConvGeometry& g) {
+  Shape s = {g.n, g.m};
+  for (int i = 3 - g.rank; i < 3; ++i) s.push_back(g.out[static_cast<size_t>(i)]);
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// im2col / col2im over the 3-axis geometry
+// ---------------------------------------------------------------------------
+
+// col[(c * K + k) * out_size + o] = x[c, o * stride - pad + k * dilation] (0 outside).
+void Im2Col(const float* x, int64_t channels, const ConvGeometry& g, float* col) {
+  const int64_t in_size = g.in_size(), out_size = g.out_size();
+  float* dst = col;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* xc = x + c * in_size;
+    for (int64_t kd = 0; kd < g.kernel[0]; ++kd) {
+      for (int64_t kh = 0; kh < g.kernel[1]; ++kh) {
+        for (int64_t kw = 0; kw < g.kernel[2]; ++kw) {
+          for (int64_t od = 0; od < g.out[0]; ++od) {
+            const int64_t id = od * g.stride[0] - g.pad_begin[0] + kd * g.dilation[0];
+            for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+              const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kh * g.dilation[1];
+              float* row = dst + (od * g.out[1] + oh) * g.out[2];
+              if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) {
+                std::fill(row, row + g.out[2], 0.0f);
+                continue;
+              }
+              const float* xrow = xc + (id * g.in[1] + ih) * g.in[2];
+              const int64_t base = kw * g.dilation[2] - g.pad_begin[2];
+              if (g.stride[2] == 1) {
+                // Contiguous: zero the clipped ends, copy the middle.
+                const int64_t lo = std::clamp<int64_t>(-base, 0, g.out[2]);
+                const int64_t hi = std::clamp<int64_t>(g.in[2] - base, lo, g.out[2]);
+                std::fill(row, row + lo, 0.0f);
+                std::memcpy(row + lo, xrow + base + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+                std::fill(row + hi, row + g.out[2], 0.0f);
+              } else {
+                for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+                  const int64_t iw = ow * g.stride[2] + base;
+                  row[ow] = iw >= 0 && iw < g.in[2] ? xrow[iw] : 0.0f;
+                }
+              }
+            }
+          }
+          dst += out_size;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// oneDNN convolution plan
+// ---------------------------------------------------------------------------
+
+// How a oneDNN tensor is laid out relative to NCHW: plain (no copy),
+// channel-blocked with `block` (channels-last is block == C), or something
+// else that needs a oneDNN reorder.
+struct Layout {
+  enum Kind { kPlain, kBlocked, kOther } kind = kOther;
+  int64_t block = 0;
+};
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+
+Layout Classify(const memory::desc& desc, const memory::dims& dims, int spatial_rank, int64_t channels) {
+  auto same = [&](Tag tag) { return desc == memory::desc(dims, memory::data_type::f32, tag); };
+  const Tag plain[] = {Tag::ncw, Tag::nchw, Tag::ncdhw};
+  const Tag last[] = {Tag::nwc, Tag::nhwc, Tag::ndhwc};
+  const Tag b16[] = {Tag::nCw16c, Tag::nChw16c, Tag::nCdhw16c};
+  const Tag b8[] = {Tag::nCw8c, Tag::nChw8c, Tag::nCdhw8c};
+  const size_t r = static_cast<size_t>(spatial_rank - 1);
+  if (same(plain[r])) return {Layout::kPlain, 0};
+  if (same(b16[r])) return {Layout::kBlocked, 16};
+  if (same(b8[r])) return {Layout::kBlocked, 8};
+  if (same(last[r])) return {Layout::kBlocked, channels};
+  return {Layout::kOther, 0};
+}
+
+Tag PlainTag(int spatial_rank) {
+  const Tag tags[] = {Tag::ncw, Tag::nchw, Tag::ncdhw};
+  return tags[spatial_rank - 1];
+}
+
+Tag WeightsTag(int spatial_rank, bool grouped) {
+  const Tag plain[] = {Tag::oiw, Tag::oihw, Tag::oidhw};
+  const Tag groups[] = {Tag::goiw, Tag::goihw, Tag::goidhw};
+  return grouped ? groups[spatial_rank - 1] : plain[spatial_rank - 1];
+}
+
+memory::dims SpatialDims(const ConvGeometry& g, const std::array<int64_t, 3>& v) {
+  return memory::dims(v.begin() + (3 - g.rank), v.end());
+}
+
+class ConvPlan {
+ public:
+  virtual ~ConvPlan() = default;
+  // x: [N, C, ...], w: [M, C/group, ...] as given; y preallocated.
+  virtual void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const = 0;
+};
+
+class DnnlConvPlan final : public ConvPlan {
+ public:
+  static std::unique_ptr<DnnlConvPlan> Create(const ConvGeometry& g, bool has_bias, const Activation& act,
+                                              const float* constant_weights, int threads) {
+    auto plan = std::unique_ptr<DnnlConvPlan>(new DnnlConvPlan(g, threads));
+    try {
+      if (!plan->Build(has_bias, act, constant_weights)) return nullptr;
+    } catch (const dnnl::error&) {
+      return nullptr;
+    }
+    return plan;
+  }
+
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    const int64_t chunks = g_.n / chunk_;
+    const float* packed = packed_weights_.empty() ? nullptr : packed_weights_.data();
+    if (packed == nullptr && !weights_plain_) {
+      // Weights computed at run time (e.g. dequantised): re-lay them out once
+      // per call for the primitive.
+      float* buffer = Scratch(kSlotWeights, weights_desc_.get_size() / sizeof(float));
+      memory from(weights_user_desc_, CpuEngine(), const_cast<float*>(w));
+      memory to(weights_desc_, CpuEngine(), buffer);
+      SetOmpThreads(omp_threads_);
+      weights_reorder_.execute(ThreadStream(), from, to);
+      ThreadStream().wait();
+      packed = buffer;
+    }
+    const float* weights = packed != nullptr ? packed : w;
+    auto run_chunk = [&](int64_t chunk) {
+      RunChunk(x + chunk * chunk_ * src_image_, weights, bias, y + chunk * chunk_ * dst_image_);
+    };
+    if (pool_parallel_) {
+      pool.ParallelFor(chunks, 1, [&](int64_t begin, int64_t end) {
+        SetOmpThreads(1);
+        for (int64_t chunk = begin; chunk < end; ++chunk) run_chunk(chunk);
+      });
+    } else {
+      SetOmpThreads(omp_threads_);
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) run_chunk(chunk);
+    }
+  }
+
+ private:
+  DnnlConvPlan(const ConvGeometry& g, int threads) : g_(g), threads_(threads) {}
+
+  bool Build(bool has_bias, const Activation& act, const float* constant_weights) {
+    const ConvGeometry& g = g_;
+    src_image_ = g.c * g.in_size();
+    dst_image_ = g.m * g.out_size();
+    // Images per primitive call: enough to amortise the call, few enough that
+    // the blocked copies stay in L2. Must divide N so one primitive serves.
+    const int64_t per_image_bytes = (src_image_ + dst_image_) * static_cast<int64_t>(sizeof(float)) * 2;
+    const int64_t target = std::max<int64_t>(1, (512 << 10) / std::max<int64_t>(per_image_bytes, 1));
+    chunk_ = 1;
+    for (int64_t d = std::min(g.n, target); d >= 1; --d) {
+      if (g.n % d == 0) {
+        chunk_ = d;
+        break;
+      }
+    }
+    // Enough chunks for every thread: the pool takes whole chunks and each
+    // runs single-threaded. Otherwise oneDNN splits each call with OpenMP.
+    // oneDNN fixes a primitive's thread count when it is created, so the
+    // OpenMP setting must already be the one it will run under.
+    pool_parallel_ = threads_ > 1 && g.n / chunk_ >= threads_;
+    omp_threads_ = pool_parallel_ ? 1 : threads_;
+    SetOmpThreads(omp_threads_);
+    memory::dims src_dims = {chunk_, g.c}, dst_dims = {chunk_, g.m}, weight_dims;
+    const memory::dims in = SpatialDims(g, g.in), out = SpatialDims(g, g.out);
+    src_dims.insert(src_dims.end(), in.begin(), in.end());
+    dst_dims.insert(dst_dims.end(), out.begin(), out.end());
+    const bool grouped = g.group > 1;
+    if (grouped) weight_dims = {g.group, g.mg, g.cg};
+    else weight_dims = {g.m, g.c};
+    const memory::dims kernel = SpatialDims(g, g.kernel);
+    weight_dims.insert(weight_dims.end(), kernel.begin(), kernel.end());
+    memory::dims strides = SpatialDims(g, g.stride), dilation = SpatialDims(g, g.dilation);
+    for (auto& d : dilation) d -= 1;  // oneDNN counts the gap, ONNX the step
+    const memory::dims pad_l = SpatialDims(g, g.pad_begin), pad_r = SpatialDims(g, g.pad_end);
+
+    const auto f32 = memory::data_type::f32;
+    const memory::desc src_any(src_dims, f32, Tag::any), dst_any(dst_dims, f32, Tag::any);
+    const memory::desc weights_any(weight_dims, f32, Tag::any);
+    const memory::desc bias_desc = has_bias ? memory::desc({g.m}, f32, Tag::x) : memory::desc();
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::post_ops ops;
+    act.AppendTo(ops);
+    attr.set_post_ops(ops);
+    const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference,
+                                               dnnl::algorithm::convolution_direct, src_any, weights_any, bias_desc,
+                                               dst_any, strides, dilation, pad_l, pad_r);
+    pd_ = dnnl::convolution_forward::primitive_desc(desc, attr, CpuEngine());
+    // The reference implementation is a scalar loop; im2col + SGEMM beats it.
+    const std::string impl = pd_.impl_info_str();
+    if (impl.find("ref") != std::string::npos) return false;
+    primitive_ = dnnl::convolution_forward(pd_);
+    src_desc_ = pd_.src_desc();
+    dst_desc_ = pd_.dst_desc();
+    src_layout_ = Classify(src_desc_, src_dims, g.rank, g.c);
+    dst_layout_ = Classify(dst_desc_, dst_dims, g.rank, g.m);
+    src_plain_desc_ = memory::desc(src_dims, f32, PlainTag(g.rank));
+    dst_plain_desc_ = memory::desc(dst_dims, f32, PlainTag(g.rank));
+    if (src_layout_.kind == Layout::kOther) {
+      src_reorder_ = dnnl::reorder(dnnl::reorder::primitive_desc(CpuEngine(), src_plain_desc_, CpuEngine(), src_desc_));
+    }
+    if (dst_layout_.kind == Layout::kOther) {
+      dst_reorder_ = dnnl::reorder(dnnl::reorder::primitive_desc(CpuEngine(), dst_desc_, CpuEngine(), dst_plain_desc_));
+    }
+    scratch_floats_ = pd_.scratchpad_desc().get_size() / sizeof(float) + 1;
+
+    weights_desc_ = pd_.weights_desc();
+    weights_user_desc_ = memory::desc(weight_dims, f32, WeightsTag(g.rank, grouped));
+    weights_plain_ = weights_desc_ == weights_user_desc_;
+    if (!weights_plain_) {
+      weights_reorder_ = dnnl::reorder(dnnl::reorder::primitive_desc(CpuEngine(), weights_user_desc_, CpuEngine(),
+                                                                     weights_desc_));
+      if (constant_weights != nullptr) {
+        packed_weights_.resize(weights_desc_.get_size() / sizeof(float) + 1);
+        memory from(weights_user_desc_, CpuEngine(), const_cast<float*>(constant_weights));
+        memory to(weights_desc_, CpuEngine(), packed_weights_.data());
+        weights_reorder_.execute(ThreadStream(), from, to);
+        ThreadStream().wait();
+      }
+    }
+    return true;
+  }
+
+  void RunChunk(const float* x, const float* weights, const float* bias, float* y) const {
+    const dnnl::engine& eng = CpuEngine();
+    dnnl::stream& stream = ThreadStream();
+    const int64_t in_size = g_.in_size(), out_size = g_.out_size();
+    const float* src = x;
+    if (src_layout_.kind == Layout::kBlocked) {
+      float* buffer = Scratch(kSlotSrc, src_desc_.get_size() / sizeof(float));
+      const int64_t image = src_desc_.get_size() / sizeof(float) / static_cast<size_t>(chunk_);
+      for (int64_t b = 0; b < chunk_; ++b) {
+        ConvertLayout<true>(const_cast<float*>(x) + b * src_image_, buffer + b * image, g_.c, in_size,
+                            src_layout_.block);
+      }
+      src = buffer;
+    } else if (src_layout_.kind == Layout::kOther) {
+      float* buffer = Scratch(kSlotSrc, src_desc_.get_size() / sizeof(float));
+      memory from(src_plain_desc_, eng, const_cast<float*>(x));
+      memory to(src_desc_, eng, buffer);
+      src_reorder_.execute(stream, from, to);
+      src = buffer;
+    }
+    float* dst = dst_layout_.kind == Layout::kPlain ? y : Scratch(kSlotDst, dst_desc_.get_size() / sizeof(float));
+    memory src_mem(src_desc_, eng, const_cast<float*>(src));
+    memory weights_mem(weights_desc_, eng, const_cast<float*>(weights));
+    memory dst_mem(dst_desc_, eng, dst);
+    memory scratch_mem(pd_.scratchpad_desc(), eng, Scratch(kSlotDnnl, scratch_floats_));
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src_mem},
+                                            {DNNL_ARG_WEIGHTS, weights_mem},
+                                            {DNNL_ARG_DST, dst_mem},
+                                            {DNNL_ARG_SCRATCHPAD, scratch_mem}};
+    if (bias != nullptr) args.emplace(DNNL_ARG_BIAS, memory(pd_.bias_desc(), eng, const_cast<float*>(bias)));
+    primitive_.execute(stream, args);
+    if (dst_layout_.kind == Layout::kBlocked) {
+      const int64_t image = dst_desc_.get_size() / sizeof(float) / static_cast<size_t>(chunk_);
+      for (int64_t b = 0; b < chunk_; ++b) {
+        ConvertLayout<false>(y + b * dst_image_, dst + b * image, g_.m, out_size, dst_layout_.block);
+      }
+    } else if (dst_layout_.kind == Layout::kOther) {
+      memory to(dst_plain_desc_, eng, y);
+      dst_reorder_.execute(stream, dst_mem, to);
+    }
+    stream.wait();
+  }
+
+  ConvGeometry g_;
+  int threads_ = 1;
+  bool pool_parallel_ = false;
+  int omp_threads_ = 1;
+  int64_t chunk_ = 1;
+  int64_t src_image_ = 0, dst_image_ = 0;
+  dnnl::convolution_forward::primitive_desc pd_;
+  dnnl::convolution_forward primitive_;
+  memory::desc src_desc_, dst_desc_, src_plain_desc_, dst_plain_desc_, weights_desc_, weights_user_desc_;
+  Layout src_layout_, dst_layout_;
+  dnnl::reorder src_reorder_, dst_reorder_, weights_reorder_;
+  bool weights_plain_ = false;
+  std::vector<float> packed_weights_;
+  size_t scratch_floats_ = 0;
+};
+
+// Few input channels (first layers: 1 or 3 channels): computes NCHW output
+// rows directly, vectorised along the width. A zero-padded copy of the
+// image removes all border tests, and 8 output channels are accumulated at
+// once so each input vector load feeds 8 FMAs. oneDNN's blocked layouts would
+// cost two layout conversions, each dearer than this whole layer.
+struct DirectConvArgs {
+  const float* padded;  // [C][hp][wp]
+  const float* weights;  // [M/8][C][KH][KW][8], zero-padded channels
+  const float* bias;     // [M/8][8]
+  int64_t c, hp, wp, kh, kw, dh, dw, sh;
+  int64_t out_h, out_w, vectors;  // vectors = ceil(out_w / VL)
+};
+
+template <int VL, int NV>
+__attribute__((always_inline)) inline void DirectConvTile(const DirectConvArgs& a, int64_t block, int64_t oh,
+                                                          int64_t v0, float* y, int64_t valid_oc) {
+  typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+  const float* bias = a.bias + block * 8;
+  const float* weights = a.weights + block * a.c * a.kh * a.kw * 8;
+  Vec acc[8][NV];
+  for (int o = 0; o < 8; ++o) {
+    for (int j = 0; j < NV; ++j) {
+      acc[o][j] = Vec{} + bias[o];
+    }
+  }
+  for (int64_t ic = 0; ic < a.c; ++ic) {
+    for (int64_t r = 0; r < a.kh; ++r) {
+      const float* row = a.padded + (ic * a.hp + oh * a.sh + r * a.dh) * a.wp + v0 * VL;
+      const float* w = weights + (ic * a.kh + r) * a.kw * 8;
+      for (int64_t t = 0; t < a.kw; ++t, w += 8) {
+        Vec x[NV];
+        for (int j = 0; j < NV; ++j) std::memcpy(&x[j], row + j * VL + t * a.dw, sizeof(Vec));
+        for (int o = 0; o < 8; ++o) {
+          const float wv = w[o];
+          for (int j = 0; j < NV; ++j) acc[o][j] += x[j] * wv;
+        }
+      }
+    }
+  }
+  const int64_t plane = a.out_h * a.out_w;
+  for (int64_t o = 0; o < valid_oc; ++o) {
+    float* out = y + o * plane + oh * a.out_w;
+    for (int j = 0; j < NV; ++j) {
+      const int64_t col = (v0 + j) * VL;
+      const int64_t n = std::min<int64_t>(VL, a.out_w - col);
+      // A full-width store of a partial vector spills into the following
+      // rows of the same plane, which are computed (and overwritten) later.
+      if (n == VL || (oh * a.out_w + col + VL) <= plane) {
+        std::memcpy(out + col, &acc[o][j], sizeof(Vec));
+      } else {
+        for (int64_t i = 0; i < n; ++i) out[col + i] = acc[o][j][i];
+      }
+    }
+  }
+}
+
+template <int VL>
+__attribute__((always_inline)) inline void DirectConvBlock(const DirectConvArgs& a, int64_t block, float* y,
+                                                           int64_t valid_oc) {
+  for (int64_t oh = 0; oh < a.out_h; ++oh) {
+    int64_t v = 0;
+    for (; v + 2 <= a.vectors; v += 2) DirectConvTile<VL, 2>(a, block, oh, v, y, valid_oc);
+    if (v < a.vectors) DirectConvTile<VL, 1>(a, block, oh, v, y, valid_oc);
+  }
+}
+
+__attribute__((target("avx512f"))) void DirectConvBlock16(const DirectConvArgs& a, int64_t block, float* y,
+                                                          int64_t valid_oc) {
+  DirectConvBlock<16>(a, block, y, valid_oc);
+}
+__attribute__((target("avx2,fma"))) void DirectConvBlock8(const DirectConvArgs& a, int64_t block, float* y,
+                                                          int64_t valid_oc) {
+  DirectConvBlock<8>(a, block, y, valid_oc);
+}
+void DirectConvBlock4(const DirectConvArgs& a, int64_t block, float* y, int64_t valid_oc) {
+  DirectConvBlock<4>(a, block, y, valid_oc);
+}
+
+class DirectConvPlan final : public ConvPlan {
+ public:
+  // Small input depth, one group, unit stride along the width, 1-D or 2-D.
+  static bool Suits(const ConvGeometry& g) {
+    return g.group == 1 && g.in[0] == 1 && g.kernel[0] == 1 && g.stride[2] == 1 &&
+           g.c * g.kernel_size() <= kMaxDepth;
+  }
+
+  DirectConvPlan(const ConvGeometry& g, const Activation& act, const float* constant_weights) : g_(g), act_(act) {
+    if (__builtin_cpu_supports("avx512f")) {
+      vl_ = 16;
+      block_fn_ = DirectConvBlock16;
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      vl_ = 8;
+      block_fn_ = DirectConvBlock8;
+    } else {
+      vl_ = 4;
+      block_fn_ = DirectConvBlock4;
+    }
+    vectors_ = (g.out[2] + vl_ - 1) / vl_;
+    hp_ = g.in[1] + g.pad_begin[1] + g.pad_end[1];
+    wp_ = std::max(vectors_ * vl_ + (g.kernel[2] - 1) * g.dilation[2], g.pad_begin[2] + g.in[2]);
+    blocks_ = (g.m + 7) / 8;
+    if (constant_weights != nullptr) {
+      packed_weights_.resize(static_cast<size_t>(blocks_ * 8 * g.c * g.kernel_size()));
+      PackWeights(constant_weights, packed_weights_.data());
+    }
+  }
+
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    const int64_t taps = g_.c * g_.kernel_size();
+    // Bias (and weights computed at run time) in the kernel's [M/8][...][8] order.
+    std::vector<float> packed(static_cast<size_t>(blocks_ * 8 * (packed_weights_.empty() ? taps + 1 : 1)));
+    float* packed_b = packed.data();
+    const float* packed_w = packed_weights_.data();
+    if (packed_weights_.empty()) {
+      PackWeights(w, packed.data() + blocks_ * 8);
+      packed_w = packed.data() + blocks_ * 8;
+    }
+    for (int64_t oc = 0; oc < blocks_ * 8; ++oc) packed_b[oc] = oc < g_.m && bias != nullptr ? bias[oc] : 0.0f;
+    const int64_t in_size = g_.in_size(), out_size = g_.out_size();
+    const int64_t image_floats = g_.c * hp_ * wp_;
+    // One padded image per job; jobs are (image, group of channel blocks).
+    const int64_t block_groups = g_.n >= pool.num_threads() ? 1 : std::min<int64_t>(blocks_, pool.num_threads());
+    auto job = [&](int64_t index) {
+      const int64_t n = index / block_groups, part = index % block_groups;
+      float* padded = Scratch(kSlotSrc, static_cast<size_t>(image_floats));
+      std::fill(padded, padded + image_floats, 0.0f);
+      const float* xn = x + n * g_.c * in_size;
+      for (int64_t c = 0; c < g_.c; ++c) {
+        for (int64_t h = 0; h < g_.in[1]; ++h) {
+          std::memcpy(padded + (c * hp_ + h + g_.pad_begin[1]) * wp_ + g_.pad_begin[2], xn + (c * g_.in[1] + h) * g_.in[2],
+                      static_cast<size_t>(g_.in[2]) * sizeof(float));
+        }
+      }
+      DirectConvArgs a{padded,       packed_w,       packed_b,       g_.c,      hp_,       wp_,
+                       g_.kernel[1], g_.kernel[2],   g_.dilation[1], g_.dilation[2], g_.stride[1], g_.out[1],
+                       g_.out[2],    vectors_};
+      const int64_t first = blocks_ * part / block_groups, last = blocks_ * (part + 1) / block_groups;
+      for (int64_t block = first; block < last; ++block) {
+        float* yb = y + (n * g_.m + block * 8) * out_size;
+        const int64_t valid = std::min<int64_t>(8, g_.m - block * 8);
+        block_fn_(a, block, yb, valid);
+        act_.Apply(yb, valid * out_size);
+      }
+    };
+    if (pool.num_threads() > 1) {
+      pool.ParallelFor(g_.n * block_groups, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) job(i);
+      });
+    } else {
+      for (int64_t i = 0; i < g_.n * block_groups; ++i) job(i);
+    }
+  }
+
+ private:
+  void PackWeights(const float* w, float* packed) const {
+    const int64_t taps = g_.c * g_.kernel_size();
+    for (int64_t oc = 0; oc < blocks_ * 8; ++oc) {
+      const int64_t block = oc / 8, lane = oc % 8;
+      for (int64_t t = 0; t < taps; ++t) packed[(block * taps + t) * 8 + lane] = oc < g_.m ? w[oc * taps + t] : 0.0f;
+    }
+  }
+
+  static constexpr int64_t kMaxDepth = 32;
+  ConvGeometry g_;
+  Activation act_;
+  std::vector<float> packed_weights_;
+  int64_t vl_ = 4, vectors_ = 0, hp_ = 0, wp_ = 0, blocks_ = 0;
+  void (*block_fn_)(const DirectConvArgs&, int64_t, float*, int64_t) = nullptr;
+};
+
+// Vector width (floats) of the widest ISA the direct kernels are built for.
+int VectorWidth() {
+  static const int width = __builtin_cpu_supports("avx512f")                                   ? 16
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                               : 4;
+  return width;
+}
+
+// Weights [M][taps] as [M/8][taps][8], zero rows past M.
+std::vector<float> PackBy8(const float* w, int64_t m, int64_t taps) {
+  const int64_t blocks = (m + 7) / 8;
+  std::vector<float> packed(static_cast<size_t>(blocks * 8 * taps), 0.0f);
+  for (int64_t oc = 0; oc < m; ++oc) {
+    for (int64_t t = 0; t < taps; ++t) packed[static_cast<size_t>(((oc / 8) * taps + t) * 8 + oc % 8)] = w[oc * taps + t];
+  }
+  return packed;
+}
+
+// Pointwise (1x1, unit stride, no padding, one group) convolution is a GEMM
+// on the NCHW planes as they are: Y[M, HW] = W[M, K] x X[K, HW]. Tiles of 8
+// output channels x up to 3 vectors of pixels; pixel tiles outside, channel
+// blocks inside, so a stripe of X stays in L1 across the blocks.
+struct PointwiseArgs {
+  const float* weights;  // [M/8][K][8]
+  const float* bias;     // [M/8][8]
+  int64_t k, m, hw;
+  float lo, hi;  // clamp fused into the store (Relu / Clip), else +-inf
+};
+
+// kPartial: only the first valid_px columns are stored (row tails).
+// kClamp: the fused Relu / Clip bounds are applied.
+template <int VL, int NV, bool kPartial, bool kClamp>
+__attribute__((always_inline)) inline void PointwiseTile(const PointwiseArgs& a, const float* x, int64_t x_stride,
+                                                         int64_t block, float* y, int64_t valid_px) {
+  typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+  const float* bias = a.bias + block * 8;
+  const float* w = a.weights + block * a.k * 8;
+  Vec acc[8][NV];
+  for (int o = 0; o < 8; ++o) {
+    for (int j = 0; j < NV; ++j) acc[o][j] = Vec{} + bias[o];
+  }
+  for (int64_t kk = 0; kk < a.k; ++kk, x += x_stride, w += 8) {
+    Vec xv[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&xv[j], x + j * VL, sizeof(Vec));
+    for (int o = 0; o < 8; ++o) {
+      const float wv = w[o];
+      for (int j = 0; j < NV; ++j) acc[o][j] += xv[j] * wv;
+    }
+  }
+  if constexpr (kClamp) {
+    for (int o = 0; o < 8; ++o) {
+      for (int j = 0; j < NV; ++j) {
+        acc[o][j] = acc[o][j] < a.lo ? Vec{} + a.lo : acc[o][j];
+        acc[o][j] = acc[o][j] > a.hi ? Vec{} + a.hi : acc[o][j];
+      }
+    }
+  }
+  const int64_t valid_oc = std::min<int64_t>(8, a.m - block * 8);
+  for (int64_t o = 0; o < valid_oc; ++o) {
+    float* out = y + o * a.hw;
+    if constexpr (!kPartial) {
+      for (int j = 0; j < NV; ++j) std::memcpy(out + j * VL, &acc[o][j], sizeof(Vec));
+    } else {
+      float lanes[NV * VL];
+      std::memcpy(lanes, acc[o], sizeof(lanes));
+      for (int64_t i = 0; i < valid_px; ++i) out[i] = lanes[i];
+    }
+  }
+}
+
+// One image, channel blocks [first, last). `tail` holds K x VL floats.
+template <int VL, bool kClamp>
+__attribute__((always_inline)) inline void PointwiseImageImpl(const PointwiseArgs& a, const float* x, float* y,
+                                                              int64_t first, int64_t last, float* tail) {
+  const int64_t full = a.hw / VL, rem = a.hw % VL;
+  int64_t v = 0;
+  for (; v + 3 <= full; v += 3) {
+    for (int64_t b = first; b < last; ++b) {
+      PointwiseTile<VL, 3, false, kClamp>(a, x + v * VL, a.hw, b, y + b * 8 * a.hw + v * VL, 3 * VL);
+    }
+  }
+  if (full - v == 2) {
+    for (int64_t b = first; b < last; ++b) {
+      PointwiseTile<VL, 2, false, kClamp>(a, x + v * VL, a.hw, b, y + b * 8 * a.hw + v * VL, 2 * VL);
+    }
+  } else if (full - v == 1) {
+    for (int64_t b = first; b < last; ++b) {
+      PointwiseTile<VL, 1, false, kClamp>(a, x + v * VL, a.hw, b, y + b * 8 * a.hw + v * VL, VL);
+    }
+  }
+  if (rem > 0) {
+    // The last partial vector of every row, zero-padded, so no load runs
+    // past the end of the input.
+    for (int64_t kk = 0; kk < a.k; ++kk) {
+      float* t = tail + kk * VL;
+      for (int64_t i = 0; i < VL; ++i) t[i] = i < rem ? x[kk * a.hw + full * VL + i] : 0.0f;
+    }
+    for (int64_t b = first; b < last; ++b) {
+      PointwiseTile<VL, 1, true, kClamp>(a, tail, VL, b, y + b * 8 * a.hw + full * VL, rem);
+    }
+  }
+}
+
+template <int VL>
+__attribute__((always_inline)) inline void PointwiseImage(const PointwiseArgs& a, const float* x, float* y,
+                                                          int64_t first, int64_t last, float* tail) {
+  if (a.lo == -std::numeric_limits<float>::infinity() && a.hi == std::numeric_limits<float>::infinity()) {
+    PointwiseImageImpl<VL, false>(a, x, y, first, last, tail);
+  } else {
+    PointwiseImageImpl<VL, true>(a, x, y, first, last, tail);
+  }
+}
+
+__attribute__((target("avx512f"))) void PointwiseImage16(const PointwiseArgs& a, const float* x, float* y,
+                                                         int64_t first, int64_t last, float* tail) {
+  PointwiseImage<16>(a, x, y, first, last, tail);
+}
+__attribute__((target("avx2,fma"))) void PointwiseImage8(const PointwiseArgs& a, const float* x, float* y,
+                                                         int64_t first, int64_t last, float* tail) {
+  PointwiseImage<8>(a, x, y, first, last, tail);
+}
+void PointwiseImage4(const PointwiseArgs& a, const float* x, float* y, int64_t first, int64_t last, float* tail) {
+  PointwiseImage<4>(a, x, y, first, last, tail);
+}
+
+// Clamp bounds for activations that are a clamp; others run afterwards.
+void ClampBounds(const Activation& act, float* lo, float* hi) {
+  *lo = -std::numeric_limits<float>::infinity();
+  *hi = std::numeric_limits<float>::infinity();
+  if (act.kind == Activation::kRelu) *lo = 0.0f;
+  if (act.kind == Activation::kClip) {
+    *lo = act.alpha;
+    *hi = act.beta;
+  }
+}
+
+bool IsClamp(const Activation& act) {
+  return act.kind == Activation::kNone || act.kind == Activation::kRelu || act.kind == Activation::kClip;
+}
+
+class PointwiseConvPlan final : public ConvPlan {
+ public:
+  static bool Suits(const ConvGeometry& g) { return g.group == 1 && g.pointwise(); }
+
+  PointwiseConvPlan(const ConvGeometry& g, const Activation& act, const float* constant_weights)
+      : g_(g), act_(act) {
+    const int width = VectorWidth();
+    image_fn_ = width == 16 ? PointwiseImage16 : width == 8 ? PointwiseImage8 : PointwiseImage4;
+    if (constant_weights != nullptr) packed_weights_ = PackBy8(constant_weights, g.m, g.c);
+  }
+
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    const int64_t blocks = (g_.m + 7) / 8, hw = g_.out_size();
+    std::vector<float> runtime_weights;
+    const float* weights = packed_weights_.data();
+    if (packed_weights_.empty()) {
+      runtime_weights = PackBy8(w, g_.m, g_.c);
+      weights = runtime_weights.data();
+    }
+    std::vector<float> packed_bias(static_cast<size_t>(blocks * 8), 0.0f);
+    if (bias != nullptr) std::copy(bias, bias + g_.m, packed_bias.begin());
+    PointwiseArgs a{weights, packed_bias.data(), g_.c, g_.m, hw, 0.0f, 0.0f};
+    ClampBounds(act_, &a.lo, &a.hi);
+    // Jobs: (image, range of channel blocks); split channels only when there
+    // are fewer images than threads.
+    const int threads = pool.num_threads();
+    const int64_t parts = g_.n >= threads ? 1 : std::min<int64_t>(blocks, threads);
+    auto job = [&](int64_t index) {
+      const int64_t n = index / parts, part = index % parts;
+      const int64_t first = blocks * part / parts, last = blocks * (part + 1) / parts;
+      float* tail = Scratch(kSlotCol, static_cast<size_t>(g_.c * 16));
+      float* yn = y + n * g_.m * hw;
+      image_fn_(a, x + n * g_.c * hw, yn, first, last, tail);
+      if (!IsClamp(act_)) act_.Apply(yn + first * 8 * hw, (std::min(g_.m, last * 8) - first * 8) * hw);
+    };
+    if (threads > 1 && g_.n * parts > 1) {
+      pool.ParallelFor(g_.n * parts, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) job(i);
+      });
+    } else {
+      for (int64_t i = 0; i < g_.n * parts; ++i) job(i);
+    }
+  }
+
+ private:
+  ConvGeometry g_;
+  Activation act_;
+  std::vector<float> packed_weights_;
+  void (*image_fn_)(const PointwiseArgs&, const float*, float*, int64_t, int64_t, float*) = nullptr;
+};
+
+// Depthwise (one input and one output channel per group) convolution,
+// plane by plane on NCHW; each plane is staged zero-padded in L1 so taps are
+// plain contiguous vector loads with no border tests.
+//  - unit stride: the padded plane is one flat array of rows `wp` wide;
+//    output (oh, ow) sits at flat oh * wp + ow and tap (r, t) at a fixed
+//    offset r * wp + t from it, so whole vectors run across row ends (the
+//    columns past out_w are discarded when copying out);
+//  - stride s > 1 along the width: each padded row is split into s phases
+//    (phase q holds padded columns q, q + s, ...), making every tap of an
+//    output vector contiguous again.
+constexpr int64_t kMaxDepthwiseTaps = 64;
+
+struct DepthwiseArgs {
+  int64_t h, w, pad_top, pad_left, out_h, out_w, taps;
+  int64_t rows;       // padded rows staged
+  int64_t row_width;  // floats per staged row (flat) or per phase row
+  int64_t sh, sw;
+  int64_t vectors;    // output vectors per plane (flat) or per row (phased)
+  int64_t phase_first[4], phase_last[4];  // filled element range per phase
+  int64_t offsets[kMaxDepthwiseTaps];  // per tap, from the output's base
+  float lo, hi;
+};
+
+// Copies n floats with whole vectors only (overlapping the last one), so
+// short rows cost a few moves instead of a library call.
+template <int VL>
+__attribute__((always_inline)) inline void CopyFloats(float* dst, const float* src, int64_t n) {
+  if constexpr (VL >= 4) {
+    typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+    if (n >= VL) {
+      int64_t i = 0;
+      for (; i + VL < n; i += VL) {
+        Vec v;
+        std::memcpy(&v, src + i, sizeof(Vec));
+        std::memcpy(dst + i, &v, sizeof(Vec));
+      }
+      Vec v;
+      std::memcpy(&v, src + n - VL, sizeof(Vec));
+      std::memcpy(dst + n - VL, &v, sizeof(Vec));
+      return;
+    }
+    if constexpr (VL > 4) {
+      CopyFloats<VL / 2>(dst, src, n);
+      return;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+// `stage` must hold zeros outside the input's footprint: only the cells
+// that receive input are written here, so consecutive planes share it.
+template <int VL>
+__attribute__((always_inline)) inline void DepthwisePlane(const DepthwiseArgs& a, const float* x, const float* w,
+                                                          float bias, float* y, float* stage, float* flat_out) {
+  typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+  const bool flat = a.sw == 1;
+  const int64_t phases = flat ? 1 : a.sw;
+  for (int64_t ih = 0; ih < a.h; ++ih) {
+    const float* src = x + ih * a.w;
+    float* row = stage + (ih + a.pad_top) * phases * a.row_width;
+    if (flat) {
+      CopyFloats<VL>(row + a.pad_left, src, a.w);
+      continue;
+    }
+    for (int64_t q = 0; q < a.sw; ++q) {
+      // Phase q, element i holds padded column i * sw + q = input column i * sw + q - pad_left.
+      float* dst = row + q * a.row_width;
+      const float* from = src + q - a.pad_left;
+      for (int64_t i = a.phase_first[q]; i < a.phase_last[q]; ++i) dst[i] = from[i * a.sw];
+    }
+  }
+  // Output vectors are computed four at a time: independent accumulators
+  // hide the FMA latency of the short tap chains.
+  auto finish = [&](Vec acc, float* out, int64_t n, bool spill_ok) {
+    acc = acc < a.lo ? Vec{} + a.lo : acc;
+    acc = acc > a.hi ? Vec{} + a.hi : acc;
+    if (n == VL || spill_ok) {
+      std::memcpy(out, &acc, sizeof(Vec));
+    } else {
+      float lanes[VL];
+      std::memcpy(lanes, &acc, sizeof(Vec));
+      for (int64_t i = 0; i < n; ++i) out[i] = lanes[i];
+    }
+  };
+  constexpr int kGroup = 4;
+  const int64_t count = flat ? a.vectors : a.out_h * a.vectors;
+  for (int64_t first = 0; first < count; first += kGroup) {
+    const int64_t group = std::min<int64_t>(kGroup, count - first);
+    const float* base[kGroup];
+    for (int j = 0; j < kGroup; ++j) {
+      const int64_t index = first + std::min<int64_t>(j, group - 1);
+      base[j] = flat ? stage + index * VL
+                     : stage + (index / a.vectors) * a.sh * phases * a.row_width + (index % a.vectors) * VL;
+    }
+    Vec acc[kGroup];
+    for (int j = 0; j < kGroup; ++j) acc[j] = Vec{} + bias;
+    for (int64_t t = 0; t < a.taps; ++t) {
+      const int64_t offset = a.offsets[t];
+      const float wv = w[t];
+      for (int j = 0; j < kGroup; ++j) {
+        Vec xv;
+        std::memcpy(&xv, base[j] + offset, sizeof(Vec));
+        acc[j] += xv * wv;
+      }
+    }
+    for (int64_t j = 0; j < group; ++j) {
+      const int64_t index = first + j;
+      if (flat) {
+        finish(acc[j], flat_out + index * VL, VL, true);
+      } else {
+        const int64_t oh = index / a.vectors, col = (index % a.vectors) * VL;
+        // A full store past the row end lands on later rows of this plane,
+        // which are written afterwards.
+        finish(acc[j], y + oh * a.out_w + col, std::min<int64_t>(VL, a.out_w - col),
+               oh * a.out_w + col + VL <= a.out_h * a.out_w);
+      }
+    }
+  }
+  if (flat) {
+    for (int64_t oh = 0; oh < a.out_h; ++oh) {
+      CopyFloats<VL>(y + oh * a.out_w, flat_out + oh * a.sh * a.row_width, a.out_w);
+    }
+  }
+}
+
+// Planes [begin, end) of the batch; channel = plane % channels.
+struct DepthwiseBatch {
+  const float* x;
+  const float* w;
+  const float* bias;
+  float* y;
+  int64_t channels, in_size, out_size;
+  float* stage;
+  size_t stage_floats;
+  float* flat_out;
+};
+
+template <int VL>
+__attribute__((always_inline)) inline void DepthwisePlanes(const DepthwiseArgs& a, const DepthwiseBatch& b,
+                                                           int64_t begin, int64_t end) {
+  std::fill(b.stage, b.stage + b.stage_floats, 0.0f);
+  for (int64_t p = begin; p < end; ++p) {
+    const int64_t c = p % b.channels;
+    DepthwisePlane<VL>(a, b.x + p * b.in_size, b.w + c * a.taps, b.bias != nullptr ? b.bias[c] : 0.0f,
+                       b.y + p * b.out_size, b.stage, b.flat_out);
+  }
+}
+
+__attribute__((target("avx512f"))) void DepthwisePlanes16(const DepthwiseArgs& a, const DepthwiseBatch& b,
+                                                          int64_t begin, int64_t end) {
+  DepthwisePlanes<16>(a, b, begin, end);
+}
+__attribute__((target("avx2,fma"))) void DepthwisePlanes8(const DepthwiseArgs& a, const DepthwiseBatch& b,
+                                                          int64_t begin, int64_t end) {
+  DepthwisePlanes<8>(a, b, begin, end);
+}
+void DepthwisePlanes4(const DepthwiseArgs& a, const DepthwiseBatch& b, int64_t begin, int64_t end) {
+  DepthwisePlanes<4>(a, b, begin, end);
+}
+
+class DepthwiseConvPlan final : public ConvPlan {
+ public:
+  static bool Suits(const ConvGeometry& g) {
+    return g.group == g.c && g.m == g.c && g.in[0] == 1 && g.kernel[0] == 1 &&
+           g.kernel[1] * g.kernel[2] <= kMaxDepthwiseTaps && g.stride[2] <= 4 &&
+           (g.stride[2] == 1 || g.dilation[2] == 1);
+  }
+
+  DepthwiseConvPlan(const ConvGeometry& g, const Activation& act) : g_(g), act_(act) {
+    const int width = VectorWidth();
+    planes_fn_ = width == 16 ? DepthwisePlanes16 : width == 8 ? DepthwisePlanes8 : DepthwisePlanes4;
+    a_.h = g.in[1];
+    a_.w = g.in[2];
+    a_.pad_top = g.pad_begin[1];
+    a_.pad_left = g.pad_begin[2];
+    a_.out_h = g.out[1];
+    a_.out_w = g.out[2];
+    a_.sh = g.stride[1];
+    a_.sw = g.stride[2];
+    a_.taps = g.kernel[1] * g.kernel[2];
+    a_.rows = std::max(g.in[1] + g.pad_begin[1] + g.pad_end[1],
+                       (g.out[1] - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1);
+    if (a_.sw == 1) {
+      a_.row_width = std::max(g.in[2] + g.pad_begin[2] + g.pad_end[2], g.out[2] + (g.kernel[2] - 1) * g.dilation[2]);
+    } else {
+      a_.vectors = (g.out[2] + width - 1) / width;
+      a_.row_width = a_.vectors * width + (g.kernel[2] - 1) / g.stride[2] + 1;
+      for (int64_t q = 0; q < a_.sw; ++q) {
+        a_.phase_first[q] = std::max<int64_t>(0, (a_.pad_left - q + a_.sw - 1) / a_.sw);
+        a_.phase_last[q] = std::min<int64_t>(a_.row_width, (a_.w + a_.pad_left - q + a_.sw - 1) / a_.sw);
+      }
+    }
+    for (int64_t r = 0; r < g.kernel[1]; ++r) {
+      for (int64_t t = 0; t < g.kernel[2]; ++t) {
+        int64_t offset;
+        if (a_.sw == 1) {
+          offset = r * g.dilation[1] * a_.row_width + t * g.dilation[2];
+        } else {
+          offset = (r * g.dilation[1] * a_.sw + t % a_.sw) * a_.row_width + t / a_.sw;
+        }
+        a_.offsets[r * g.kernel[2] + t] = offset;
+      }
+    }
+    if (a_.sw == 1) {
+      // Output row oh starts at flat oh * sh * row_width; with sh > 1 the
+      // rows in between are computed too and dropped when copying out.
+      a_.vectors = ((g.out[1] - 1) * g.stride[1] * a_.row_width + a_.row_width + width - 1) / width;
+    }
+    ClampBounds(act, &a_.lo, &a_.hi);
+    width_ = width;
+  }
+
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    const int64_t in_size = g_.in_size(), out_size = g_.out_size();
+    const int64_t phases = a_.sw == 1 ? 1 : a_.sw;
+    const size_t stage_floats = static_cast<size_t>(a_.rows * phases * a_.row_width + width_ + a_.row_width);
+    const size_t flat_floats = static_cast<size_t>(a_.vectors * width_);
+    auto planes = [&](int64_t begin, int64_t end) {
+      float* stage = Scratch(kSlotSrc, stage_floats + flat_floats);
+      const DepthwiseBatch batch{x, w, bias, y, g_.c, in_size, out_size, stage, stage_floats, stage + stage_floats};
+      planes_fn_(a_, batch, begin, end);
+      if (!IsClamp(act_)) act_.Apply(y + begin * out_size, (end - begin) * out_size);
+    };
+    const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(in_size, 1));
+    if (pool.num_threads() > 1 && g_.n * g_.c > grain) {
+      pool.ParallelFor(g_.n * g_.c, grain, planes);
+    } else {
+      planes(0, g_.n * g_.c);
+    }
+  }
+
+ private:
+  ConvGeometry g_;
+  Activation act_;
+  DepthwiseArgs a_{};
+  int width_ = 4;
+  void (*planes_fn_)(const DepthwiseArgs&, const DepthwiseBatch&, int64_t, int64_t) = nullptr;
+};
+
+// Any geometry: per image and group, im2col then W_g [Mg, Cg*K] x col.
+class GemmConvPlan final : public ConvPlan {
+ public:
+  GemmConvPlan(const ConvGeometry& g, const Activation& act) : g_(g), act_(act) {}
+
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    const ConvGeometry& g = g_;
+    const int64_t in_size = g.in_size(), out_size = g.out_size(), k = g.kernel_size();
+    const bool direct = g.pointwise();
+    MaybeParallel(pool, g.n * g.group, [&](int64_t job) {
+      const int64_t b = job / g.group, grp = job % g.group;
+      const float* xg = x + (b * g.c + grp * g.cg) * in_size;
+      float* yg = y + (b * g.m + grp * g.mg) * out_size;
+      const float* col = xg;
+      if (!direct) {
+        float* buffer = Scratch(kSlotCol, static_cast<size_t>(g.cg * k * out_size));
+        Im2Col(xg, g.cg, g, buffer);
+        col = buffer;
+      }
+      float beta = 0.0f;
+      if (bias != nullptr) {
+        for (int64_t oc = 0; oc < g.mg; ++oc) {
+          std::fill(yg + oc * out_size, yg + (oc + 1) * out_size, bias[grp * g.mg + oc]);
+        }
+        beta = 1.0f;
+      }
+      dnnl_sgemm('N', 'N', g.mg, out_size, g.cg * k, 1.0f, w + grp * g.mg * g.cg * k, g.cg * k, col, out_size, beta,
+                 yg, out_size);
+      act_.Apply(yg, g.mg * out_size);
+    });
+  }
+
+ private:
+  ConvGeometry g_;
+  Activation act_;
+};
+
+// ---------------------------------------------------------------------------
+// Conv kernel
+// ---------------------------------------------------------------------------
+
+class ConvKernel final : public Kernel {
+ public:
+  ConvKernel(const KernelInit& init, ConvAttributes attrs) : node_(init.node), attrs_(std::move(attrs)) {
+    // QUANTD_CONV_ALGO=gemm|dnnl pins one implementation (default: chosen
+    // per shape), to compare them and to test the paths oneDNN would shadow.
+    const char* algo = std::getenv("QUANTD_CONV_ALGO");
+    const std::string name = algo != nullptr ? algo : "";
+    algo_ = name == "gemm" ? Algo::kGemm : name == "dnnl" ? Algo::kDnnl : Algo::kAuto;
+    if (auto it = init.constant_inputs.find(1); it != init.constant_inputs.end() && it->second != nullptr &&
+                                                it->second->dtype() == DataType::kFloat) {
+      weights_ = *it->second;
+    }
+  }
+
+  Status Compute(KernelContext& ctx) const override {
+    const Tensor* x = ctx.input(0);
+    const Tensor* w = ctx.input(1);
+    const Tensor* b = ctx.input(2);
+    if (x == nullptr || w == nullptr) return Invalid(node_, "X and W are required");
+    if (ctx.input(3) != nullptr) {
+      return Status(StatusCode::kUnimplemented, "RUNTIME_INVALID_NODE", "the Z (sum) input is not supported");
+    }
+    if (x->dtype() != DataType::kFloat || w->dtype() != DataType::kFloat ||
+        (b != nullptr && b->dtype() != DataType::kFloat)) {
+      return UnsupportedType("only float32 is supported, got X " + ToString(x->dtype()) + ", W " +
+                             ToString(w->dtype()));
+    }
+    QUANTD_ASSIGN_OR_RETURN(ConvGeometry g, ResolveConv(node_, attrs_, x->shape(), w->shape()));
+    if (b != nullptr && b->size() != g.m) {
+      return Invalid(node_, "B has " + std::to_string(b->size()) + " values, expected " + std::to_string(g.m));
+    }
+    Tensor& y = ctx.output(0);
+    y = Tensor(DataType::kFloat, OutputShape(g));
+    if (y.size() == 0) return Status::Ok();
+    const bool constant_w = weights_.defined() && w->SharesBufferWith(weights_) && w->raw() == weights_.raw();
+    std::shared_ptr<const ConvPlan> plan = GetPlan(g, b != nullptr, constant_w, ctx.threads().num_threads());
+    plan->Run(x->data<float>(), w->data<float>(), b != nullptr ? b->data<float>() : nullptr, y.data<float>(),
+              ctx.threads());
+    return Status::Ok();
+  }
+
+ private:
+  std::shared_ptr<const ConvPlan> GetPlan(const ConvGeometry& g, bool has_bias, bool constant_w, int threads) const {
+    Shape key = {g.n, g.c, g.m, has_bias, constant_w, threads};
+    key.insert(key.end(), g.in.begin(), g.in.end());
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+    std::shared_ptr<const ConvPlan> plan;
+    const float* constant = constant_w ? weights_.data<float>() : nullptr;
+    if (algo_ == Algo::kAuto) {
+      if (PointwiseConvPlan::Suits(g)) {
+        plan = std::make_shared<PointwiseConvPlan>(g, attrs_.activation, constant);
+      } else if (DirectConvPlan::Suits(g)) {
+        plan = std::make_shared<DirectConvPlan>(g, attrs_.activation, constant);
+      } else if (DepthwiseConvPlan::Suits(g)) {
+        plan = std::make_shared<DepthwiseConvPlan>(g, attrs_.activation);
+      }
+    }
+    if (algo_ != Algo::kGemm && plan == nullptr) {
+      plan = DnnlConvPlan::Create(g, has_bias, attrs_.activation, constant_w ? weights_.data<float>() : nullptr,
+                                  threads);
+    }
+    if (plan == nullptr) plan = std::make_shared<GemmConvPlan>(g, attrs_.activation);
+    plans_.emplace(key, plan);
+    return plan;
+  }
+
+  const onnx::NodeProto node_;  // a copy: the graph may not outlive the kernel
+  ConvAttributes attrs_;
+  enum class Algo { kAuto, kDnnl, kGemm } algo_ = Algo::kAuto;
+  Tensor weights_;
+  mutable std::mutex mutex_;
+  mutable std::map<Shape, std::shared_ptr<const ConvPlan>> plans_;
+};
+
+// ---------------------------------------------------------------------------
+// ConvTranspose: per image and group, col = W_g^T x X_g, then col2im.
+// ---------------------------------------------------------------------------
+
+StatusOr<ConvGeometry> ResolveConvTranspose(const onnx::NodeProto& node, const ConvAttributes& a, const Shape& x,
+                                            const Shape& w) {
+  ConvGeometry g;
+  QUANTD_RETURN_IF_ERROR(FillSpatial(node, a, x, w, &g));
+  g.n = x[0];
+  g.c = x[1];
+  g.group = a.group;
+  if (g.group < 1 || g.c % g.group != 0 || w[0] != g.c) {
+    return Invalid(node, "X " + ShapeToString(x) + ", W " + ShapeToString(w) + " and group " +
+                             std::to_string(g.group) + " do not fit together");
+  }
+  g.cg = g.c / g.group;
+  g.mg = w[1];
+  g.m = g.mg * g.group;
+  const int k = g.rank;
+  const size_t ku = static_cast<size_t>(k);
+  std::vector<int64_t> out_pad = a.output_padding.empty() ? std::vector<int64_t>(ku, 0) : a.output_padding;
+  if (out_pad.size() != ku) return Invalid(node, "output_padding has the wrong number of values");
+  std::vector<int64_t> requested;
+  if (!a.output_shape.empty()) {
+    if (a.output_shape.size() == ku) requested = a.output_shape;
+    else if (a.output_shape.size() == ku + 2) requested.assign(a.output_shape.begin() + 2, a.output_shape.end());
+    else return Invalid(node, "output_shape has the wrong number of values");
+  }
+  const bool same = a.auto_pad == "SAME_UPPER" || a.auto_pad == "SAME_LOWER";
+  if (!same && a.auto_pad != "VALID" && a.auto_pad != "NOTSET" && !a.auto_pad.empty()) {
+    return Invalid(node, "unknown auto_pad '" + a.auto_pad + "'");
+  }
+  for (int i = 0; i < k; ++i) {
+    const size_t s = static_cast<size_t>(3 - k + i);
+    const size_t iu = static_cast<size_t>(i);
+    const int64_t eff = (g.kernel[s] - 1) * g.dilation[s] + 1;
+    const int64_t natural = g.stride[s] * (g.in[s] - 1) + out_pad[iu] + eff;
+    int64_t target = -1;
+    if (!requested.empty()) target = requested[iu];
+    else if (same) target = g.in[s] * g.stride[s];
+    if (target >= 0) {
+      const int64_t total = natural - target;
+      if (a.auto_pad == "SAME_UPPER") {
+        g.pad_begin[s] = total / 2;
+        g.pad_end[s] = total - total / 2;
+      } else {
+        g.pad_begin[s] = total - total / 2;
+        g.pad_end[s] = total / 2;
+      }
+      g.out[s] = target;
+    } else {
+      if (a.auto_pad == "VALID") g.pad_begin[s] = g.pad_end[s] = 0;
+      g.out[s] = natural - g.pad_begin[s] - g.pad_end[s];
+    }
+    if (g.out[s] < 1) return Invalid(node, "output would be empty");
+  }
+  return g;
+}
+
+class ConvTransposeKernel final : public Kernel {
+ public:
+  ConvTransposeKernel(const KernelInit& init, ConvAttributes attrs) : node_(init.node), attrs_(std::move(attrs)) {}
+
+  Status Compute(KernelContext& ctx) const override {
+    const Tensor* x = ctx.input(0);
+    const Tensor* w = ctx.input(1);
+    const Tensor* b = ctx.input(2);
+    if (x == nullptr || w == nullptr) return Invalid(node_, "X and W are required");
+    if (x->dtype() != DataType::kFloat || w->dtype() != DataType::kFloat ||
+        (b != nullptr && b->dtype() != DataType::kFloat)) {
+      return UnsupportedType("only float32 is supported, got X " + ToString(x->dtype()) + ", W " +
+                             ToString(w->dtype()));
+    }
+    QUANTD_ASSIGN_OR_RETURN(ConvGeometry g, ResolveConvTranspose(node_, attrs_, x->shape(), w->shape()));
+    if (b != nullptr && b->size() != g.m) return Invalid(node_, "B does not have one value per output channel");
+    Tensor& y = ctx.output(0);
+    y = Tensor(DataType::kFloat, OutputShape(g));
+    if (y.size() == 0) return Status::Ok();
+    const float* xd = x->data<float>();
+    const float* wd = w->data<float>();
+    const float* bd = b != nullptr ? b->data<float>() : nullptr;
+    float* yd = y.data<float>();
+    const int64_t in_size = g.in_size(), out_size = g.out_size(), k = g.kernel_size();
+    MaybeParallel(ctx.threads(), g.n * g.group, [&](int64_t job) {
+      const int64_t n = job / g.group, grp = job % g.group;
+      const float* xg = xd + (n * g.c + grp * g.cg) * in_size;
+      float* yg = yd + (n * g.m + grp * g.mg) * out_size;
+      float* col = Scratch(kSlotCol, static_cast<size_t>(g.mg * k * in_size));
+      // W is [C, Mg, K]; for this group, rows are Cg channels of Mg*K values.
+      dnnl_sgemm('T', 'N', g.mg * k, in_size, g.cg, 1.0f, wd + grp * g.cg * g.mg * k, g.mg * k, xg, in_size, 0.0f,
+                 col, in_size);
+      for (int64_t oc = 0; oc < g.mg; ++oc) {
+        float* yc = yg + oc * out_size;
+        std::fill(yc, yc + out_size, bd != nullptr ? bd[grp * g.mg + oc] : 0.0f);
+        const float* colc = col + oc * k * in_size;
+        for (int64_t kd = 0; kd < g.kernel[0]; ++kd) {
+          for (int64_t kh = 0; kh < g.kernel[1]; ++kh) {
+            for (int64_t kw = 0; kw < g.kernel[2]; ++kw) {
+              const float* row = colc + ((kd * g.kernel[1] + kh) * g.kernel[2] + kw) * in_size;
+              for (int64_t id = 0; id < g.in[0]; ++id) {
+                const int64_t od = id * g.stride[0] - g.pad_begin[0] + kd * g.dilation[0];
+                if (od < 0 || od >= g.out[0]) continue;
+                for (int64_t ih = 0; ih < g.in[1]; ++ih) {
+                  const int64_t oh = ih * g.stride[1] - g.pad_begin[1] + kh * g.dilation[1];
+                  if (oh < 0 || oh >= g.out[1]) continue;
+                  const float* src = row + (id * g.in[1] + ih) * g.in[2];
+                  float* dst = yc + (od * g.out[1] + oh) * g.out[2];
+                  const int64_t base = kw * g.dilation[2] - g.pad_begin[2];
+                  for (int64_t iw = 0; iw < g.in[2]; ++iw) {
+                    const int64_t ow = iw * g.stride[2] + base;
+                    if (ow >= 0 && ow < g.out[2]) dst[ow] += src[iw];
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+    return Status::Ok();
+  }
+
+ private:
+  const onnx::NodeProto node_;  // a copy: the graph may not outlive the kernel
+  ConvAttributes attrs_;
+};
+
+}  // namespace
+
+void RegisterConvKernels(KernelRegistry& registry) {
+  registry.Register("", "Conv", 1, kLatestOpset, [](const KernelInit& init) -> StatusOr<std::unique_ptr<Kernel>> {
+    return std::unique_ptr<Kernel>(new ConvKernel(init, ParseConvAttributes(init)));
+  });
+  registry.Register("com.microsoft", "FusedConv", 1, kLatestOpset,
+                    [](const KernelInit& init) -> StatusOr<std::unique_ptr<Kernel>> {
+                      ConvAttributes attrs = ParseConvAttributes(init);
+                      QUANTD_ASSIGN_OR_RETURN(attrs.activation, ParseActivation(init));
+                      return std::unique_ptr<Kernel>(new ConvKernel(init, std::move(attrs)));
+                    });
+  registry.Register("", "ConvTranspose", 1, kLatestOpset,
+                    [](const KernelInit& init) -> StatusOr<std::unique_ptr<Kernel>> {
+                      return std::unique_ptr<Kernel>(new ConvTransposeKernel(init, ParseConvAttributes(init)));
+                    });
+}
+
+}  // namespace quantd::runtime
