@@ -87,20 +87,27 @@ cmd_demo() {
   local server
   server="$(sed -n 's/.*"listen":"\([^"]*\)".*/\1/p' "$work/ready.json")"
   log "quantd is serving on $server (data in $work); quantizing the bundled Fashion-MNIST CNN"
-  "$BUILD_DIR/bin/quantctl" --server "$server" submit --model "$ROOT/models/fashion_cnn.onnx" \
-    --config "$ROOT/configs/weight_quant_8bit.yaml" --wait --out "$out/weight_quant_8bit"
-  "$BUILD_DIR/bin/quantctl" --server "$server" submit --model "$ROOT/models/fashion_cnn.onnx" \
-    --config "$ROOT/configs/weight_quant_4bit.yaml" --wait --out "$out/weight_quant_4bit"
+  # 100 training images calibrate full quantization; the test set judges it.
+  rm -rf "$work/calib"
+  /usr/bin/python3 "$ROOT/models/export_fashion_samples.py" "$work/calib" 100 --split train >/dev/null
+  local quantctl=("$BUILD_DIR/bin/quantctl" --server "$server")
+  "${quantctl[@]}" submit --model "$ROOT/models/fashion_cnn.onnx" --config "$ROOT/configs/full_quant.yaml" \
+    --calib "input=$work/calib" --wait --out "$out/full_quant"
+  "${quantctl[@]}" submit --model "$ROOT/models/fashion_cnn.onnx" --config "$ROOT/configs/weight_quant_8bit.yaml" \
+    --wait --out "$out/weight_quant_8bit"
+  "${quantctl[@]}" submit --model "$ROOT/models/fashion_cnn.onnx" --config "$ROOT/configs/weight_quant_4bit.yaml" \
+    --wait --out "$out/weight_quant_4bit"
   log "evaluating in ONNX Runtime on the 10,000 Fashion-MNIST test images"
-  for mode in weight_quant_8bit weight_quant_4bit; do
+  for mode in full_quant weight_quant_8bit weight_quant_4bit; do
     node "$ORT_PEER_DIR/ort_eval.js" eval --model "$out/$mode/model.onnx" \
       --reference "$ROOT/models/fashion_cnn.onnx" --count 10000 |
-      python3 -c '
+      /usr/bin/python3 -c '
 import json, sys, os
 r = json.loads(sys.stdin.read().strip().splitlines()[-1])
 mode, ref, out = sys.argv[1], sys.argv[2], sys.argv[3]
-print(f"{mode:18s} fp32 top-1 {r[\"reference_accuracy\"]*100:.2f}%  quantized top-1 {r[\"accuracy\"]*100:.2f}%  "
-      f"size {os.path.getsize(ref)/1024:.0f} KiB -> {os.path.getsize(out)/1024:.0f} KiB")
+fp32, quantized = r["reference_accuracy"] * 100, r["accuracy"] * 100
+print(f"{mode:18s} fp32 top-1 {fp32:.2f}%  quantized top-1 {quantized:.2f}%  "
+      f"size {os.path.getsize(ref) / 1024:.0f} KiB -> {os.path.getsize(out) / 1024:.0f} KiB")
 ' "$mode" "$ROOT/models/fashion_cnn.onnx" "$out/$mode/model.onnx"
   done
   log "artifacts (model.onnx, summary.json) are in $out"
