@@ -341,6 +341,15 @@ TEST_F(FullQuantServiceTest, MaxMinKeepsAccuracyAndOnnxRuntimeFusesIntegerKernel
                      "--optimized-model-path", optimized.string()});
   double fp32 = ort["reference_accuracy"], int8 = ort["accuracy"];
   EXPECT_GE(int8, fp32 - 0.003) << "fp32 " << fp32 << " vs int8 " << int8;
+  // Provenance: the digests that produced this model travel inside it.
+  onnx::ModelProto produced;
+  std::ifstream produced_file(model, std::ios::binary);
+  ASSERT_TRUE(produced.ParseFromIstream(&produced_file));
+  std::map<std::string, std::string> metadata;
+  for (const auto& prop : produced.metadata_props()) metadata[prop.key()] = prop.value();
+  EXPECT_EQ(metadata["quantd.input_model_sha256"], summary["input_model"]["sha256"]);
+  EXPECT_EQ(metadata["quantd.calibration_sha256"].size(), 64u);
+  EXPECT_FALSE(metadata["quantd.version"].empty());
   auto ops = ModelOpTypes(optimized);
   EXPECT_NE(std::find(ops.begin(), ops.end(), "QLinearConv"), ops.end())
       << "ONNX Runtime did not fuse the QDQ convolutions into integer kernels";

@@ -1,5 +1,6 @@
 #include "worker/pipeline/pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -56,7 +57,33 @@ std::string HumanBytes(int64_t bytes) {
   return text;
 }
 
-void AddProvenance(onnx::ModelProto& model, const std::string& model_sha256, const std::string& config_sha256) {
+// One digest for the whole calibration set: every folder's input name and
+// every file's relative path and content digest, in sorted order.
+StatusOr<std::string> CalibrationDigest(const std::vector<CalibrationFolder>& folders) {
+  std::vector<CalibrationFolder> sorted = folders;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const CalibrationFolder& a, const CalibrationFolder& b) { return a.input_name < b.input_name; });
+  Sha256 hasher;
+  for (const auto& folder : sorted) {
+    hasher.Update(folder.input_name + "\n");
+    std::vector<std::filesystem::path> files;
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(folder.dir, ec);
+         it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      if (it->is_regular_file(ec)) files.push_back(it->path());
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& file : files) {
+      QUANTD_ASSIGN_OR_RETURN(auto digest, Sha256OfFile(file));
+      hasher.Update(std::filesystem::relative(file, folder.dir, ec).generic_string() + "\n" + digest + "\n");
+    }
+  }
+  return hasher.HexDigest();
+}
+
+void AddProvenance(onnx::ModelProto& model, const std::string& model_sha256, const std::string& config_sha256,
+                   const std::string& calibration_sha256) {
   auto set = [&model](const std::string& key, const std::string& value) {
     for (auto& prop : *model.mutable_metadata_props()) {
       if (prop.key() == key) {
@@ -71,6 +98,7 @@ void AddProvenance(onnx::ModelProto& model, const std::string& model_sha256, con
   set("quantd.version", QUANTD_VERSION);
   set("quantd.input_model_sha256", model_sha256);
   set("quantd.config_sha256", config_sha256);
+  if (!calibration_sha256.empty()) set("quantd.calibration_sha256", calibration_sha256);
   model.set_producer_name("quantd");
   model.set_producer_version(QUANTD_VERSION);
 }
@@ -273,7 +301,15 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
 
   auto output_path = request.out_dir / "model.onnx";
   QUANTD_RETURN_IF_ERROR(stages.Run("write", [&]() -> Status {
-    AddProvenance(model, model_sha256, Sha256Hex(request.config_text));
+    std::string calibration_sha256;
+    if (config.common.quant_type == config::QuantType::kFullQuant) {
+      std::vector<CalibrationFolder> folders = request.calibration;
+      if (folders.empty()) {
+        for (const auto& source : config.preprocess.calibrate_path) folders.push_back({source.input_name, source.dir});
+      }
+      QUANTD_ASSIGN_OR_RETURN(calibration_sha256, CalibrationDigest(folders));
+    }
+    AddProvenance(model, model_sha256, Sha256Hex(request.config_text), calibration_sha256);
     QUANTD_RETURN_IF_ERROR(SaveModel(model, output_path));
     result.artifacts.push_back(output_path);
     return Status::Ok();
