@@ -143,6 +143,13 @@ TEST(FullQuantTest, DataMovementOpsReuseTheirInputParameters) {
   EXPECT_EQ(by_tensor["pool_out"]->scales, by_tensor["relu_out"]->scales);
   EXPECT_EQ(by_tensor["flat"]->scales, by_tensor["relu_out"]->scales);
   EXPECT_EQ(by_tensor["relu_out"]->zero_points[0], 0) << "Relu output range starts at 0";
+  // Conv feeding only a Relu: ONNX Runtime fuses the pair, so the tensor
+  // between them carries no Q/DQ round trip.
+  EXPECT_EQ(by_tensor.count("conv_out"), 0u);
+  for (const auto& node : model.graph().node()) {
+    if (node.op_type() == "QuantizeLinear") EXPECT_NE(node.input(0), "conv_out");
+    if (node.op_type() == "Relu") EXPECT_EQ(node.input(0), "conv_out");
+  }
 }
 
 TEST(FullQuantTest, SkippedNodesStayFloatAndBiasCorrectionIsApplied) {

@@ -62,6 +62,9 @@ class StreamingHistogram {
 // `levels` is the number of quantization levels on the searched side.
 float KlThreshold(const std::vector<double>& abs_histogram, float bin_width, int levels);
 
+// The largest share of non-zero values KL may clip.
+inline constexpr double kKlMaxClippedFraction = 1e-3;
+
 // The fraction of values cut on each side by REMOVAL_OUTLIER.
 inline constexpr double kOutlierFraction = 1e-4;
 

@@ -193,20 +193,42 @@ StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const Calibrat
     if (range == table.end()) return nullptr;
     return &(activation_params[tensor] = ActivationParams(range->second, options.activations));
   };
+  // A Conv/Gemm/MatMul/Add feeding only a quantized Relu/Clip is fused with
+  // it by ONNX Runtime, so the tensor between them stays float: a Q/DQ pair
+  // there would force a dequantize/quantize round trip at run time and add
+  // rounding error for nothing.
+  std::set<std::string> fused_tensors;
+  for (int index : order) {
+    if (!quantized[static_cast<size_t>(index)]) continue;
+    const auto& node = graph.node(index);
+    if (!IsWeightedOp(node.op_type()) && node.op_type() != "Add") continue;
+    if (node.output_size() != 1 || view.IsGraphOutput(node.output(0))) continue;
+    const auto& readers = view.ConsumerIndices(node.output(0));
+    if (readers.size() != 1 || !quantized[static_cast<size_t>(readers[0])]) continue;
+    const auto& reader = graph.node(readers[0]);
+    if (reader.op_type() == "Relu" || reader.op_type() == "Clip") fused_tensors.insert(node.output(0));
+  }
   std::set<std::string> to_quantize;
   std::map<std::string, std::pair<std::string, std::string>> first_user;  // tensor -> node name, type
   for (int index : order) {
     if (!quantized[static_cast<size_t>(index)]) continue;
     const auto& node = graph.node(index);
-    int activation_inputs = IsWeightedOp(node.op_type()) && view.Initializer(node.input(1)) ? 1 : node.input_size();
+    // Only data inputs are quantized: weights get their own treatment, and
+    // Clip's bounds, Resize's scales and the like must stay plain constants.
+    int activation_inputs = node.input_size();
+    if (IsWeightedOp(node.op_type()) && view.Initializer(node.input(1))) activation_inputs = 1;
+    if (node.op_type() != "Add" && node.op_type() != "Mul" && node.op_type() != "Concat" &&
+        node.op_type() != "MatMul") {
+      activation_inputs = std::min(activation_inputs, 1);
+    }
     for (int i = 0; i < activation_inputs; ++i) {
       const auto& input = node.input(i);
-      if (input.empty() || view.Initializer(input) || !params_of(input)) continue;
+      if (input.empty() || view.Initializer(input) || fused_tensors.count(input) || !params_of(input)) continue;
       to_quantize.insert(input);
       first_user.emplace(input, std::make_pair(node.name(), node.op_type()));
     }
     for (const auto& output : node.output()) {
-      if (output.empty() || view.IsGraphOutput(output) || !table.count(output)) continue;
+      if (output.empty() || view.IsGraphOutput(output) || !table.count(output) || fused_tensors.count(output)) continue;
       if (IsSameScaleOp(node.op_type()) && activation_params.count(node.input(0))) {
         activation_params[output] = activation_params[node.input(0)];
       }
