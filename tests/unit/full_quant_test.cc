@@ -147,8 +147,12 @@ TEST(FullQuantTest, DataMovementOpsReuseTheirInputParameters) {
   // between them carries no Q/DQ round trip.
   EXPECT_EQ(by_tensor.count("conv_out"), 0u);
   for (const auto& node : model.graph().node()) {
-    if (node.op_type() == "QuantizeLinear") EXPECT_NE(node.input(0), "conv_out");
-    if (node.op_type() == "Relu") EXPECT_EQ(node.input(0), "conv_out");
+    if (node.op_type() == "QuantizeLinear") {
+      EXPECT_NE(node.input(0), "conv_out");
+    }
+    if (node.op_type() == "Relu") {
+      EXPECT_EQ(node.input(0), "conv_out");
+    }
   }
 }
 
