@@ -364,6 +364,9 @@ int BenchModel(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // oneDNN's OpenMP threads spin while idle and starve the executor's own
+  // thread pool on small machines; passive waiting keeps them out of the way.
+  ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
   std::string server = std::getenv("QUANTD_SERVER") ? std::getenv("QUANTD_SERVER") : "127.0.0.1:50051";
   int i = 1;
   while (i < argc && std::string(argv[i]).rfind("--", 0) == 0) {

@@ -34,6 +34,9 @@ constexpr const char* kUsage = R"(usage: quantd-worker --server ADDR [flags]
 }  // namespace
 
 int main(int argc, char** argv) {
+  // oneDNN's OpenMP threads spin while idle and starve the executor's own
+  // thread pool on small machines; passive waiting keeps them out of the way.
+  ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
   std::signal(SIGPIPE, SIG_IGN);
   quantd::worker::AgentOptions options;
   char host[256] = "worker";

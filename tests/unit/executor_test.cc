@@ -271,6 +271,54 @@ TEST(ExecutorTest, ReusesDeadBuffersInPlaceButNeverFeedsOrHeldTensors) {
   EXPECT_FALSE(held_b.SharesBufferWith(out->at("y")));
 }
 
+// Every kernel that may write over its input must give the same result as
+// when the input is held elsewhere (a tap copy disables reuse).
+TEST(ExecutorTest, InPlaceExecutionMatchesOutOfPlace) {
+  GraphBuilder g;
+  g.Input("x", DataType::kFloat, {2, 3, 4, 5});
+  g.Initializer("bias", RandomFloats({4, 1}, 5));
+  g.Initializer("slope", RandomFloats({3, 1, 1}, 6));
+  g.Initializer("lo", Tensor::Scalar<float>(-0.5f));
+  g.Initializer("hi", Tensor::Scalar<float>(0.75f));
+  g.Initializer("two", Tensor::Scalar<float>(2.0f));
+  g.Initializer("bn_scale", RandomFloats({3}, 7));
+  g.Initializer("bn_bias", RandomFloats({3}, 8));
+  g.Initializer("bn_mean", RandomFloats({3}, 9));
+  g.Initializer("bn_var", Tensor::FromVector<float>({3}, {0.5f, 1.0f, 2.0f}));
+  g.Node("Neg", {"x"}, {"t0"});
+  g.Node("Add", {"t0", "bias"}, {"t1"});
+  auto& ls = g.Node("LogSoftmax", {"t1"}, {"t2"});
+  IntAttr(ls, "axis", -1);
+  auto& sm = g.Node("Softmax", {"t2"}, {"t3"});
+  IntAttr(sm, "axis", 1);
+  g.Node("PRelu", {"t3", "slope"}, {"t4"});
+  g.Node("Sigmoid", {"t4"}, {"t5"});
+  g.Node("Tanh", {"t5"}, {"t6"});
+  g.Node("Erf", {"t6"}, {"t7"});
+  g.Node("Clip", {"t7", "lo", "hi"}, {"t8"});
+  g.Node("Pow", {"t8", "two"}, {"t9"});
+  g.Node("BatchNormalization", {"t9", "bn_scale", "bn_bias", "bn_mean", "bn_var"}, {"t10"});
+  auto& ls2 = g.Node("LogSoftmax", {"t10"}, {"t11"});
+  IntAttr(ls2, "axis", 1);
+  g.Node("Sub", {"t11", "x"}, {"y"});
+  g.Output("y");
+  auto executor = MustCreate(g.model());
+  ASSERT_TRUE(executor);
+  Tensor x = RandomFloats({2, 3, 4, 5}, 10);
+  std::map<std::string, const void*> where;
+  RunOptions observe;
+  observe.tap = [&](const NodeProto&, int, const std::string& name, const Tensor& value) { where[name] = value.raw(); };
+  auto reused = executor->Run({{"x", x}}, observe);
+  ASSERT_TRUE(reused.ok()) << reused.status().message();
+  EXPECT_EQ(where["t11"], where["t1"]) << "expected the chain to run in one buffer";
+  std::vector<Tensor> held;
+  RunOptions hold;
+  hold.tap = [&](const NodeProto&, int, const std::string&, const Tensor& value) { held.push_back(value); };
+  auto fresh = executor->Run({{"x", x}}, hold);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  EXPECT_EQ(Values(reused->at("y")), Values(fresh->at("y")));
+}
+
 // ------------------------------------------------------------- error texts
 
 TEST(ExecutorTest, UnsupportedOpsAreListedOnce) {
@@ -331,6 +379,24 @@ TEST(ExecutorTest, BadInputsAreRejectedWithTheExpectedShape) {
   out = executor->Run({{"input", x}, {"scale", Tensor::FromVector<float>({1}, {-1.0f})}});
   ASSERT_TRUE(out.ok()) << out.status().message();
   EXPECT_FLOAT_EQ(out->at("y").data<float>()[5], -x.data<float>()[5]);
+}
+
+TEST(ExecutorTest, OldIrInitializersListedAsInputsAreConstants) {
+  GraphBuilder g(9);
+  g.model().set_ir_version(3);
+  g.Input("x", DataType::kFloat, {2});
+  g.Input("w", DataType::kFloat, {2});
+  g.Initializer("w", Tensor::FromVector<float>({2}, {3, 4}));
+  g.Node("Neg", {"w"}, {"nw"});  // constant: evaluated by Create()
+  g.Node("Mul", {"x", "nw"}, {"y"});
+  g.Output("y");
+  auto executor = MustCreate(g.model());
+  ASSERT_TRUE(executor);
+  ASSERT_EQ(executor->inputs().size(), 1u);
+  EXPECT_EQ(executor->inputs()[0].name, "x");
+  auto out = executor->Run({{"x", Tensor::FromVector<float>({2}, {1, 2})}});
+  ASSERT_TRUE(out.ok()) << out.status().message();
+  EXPECT_EQ(Values(out->at("y")), (std::vector<float>{-3, -8}));
 }
 
 TEST(ExecutorTest, ExposesInputAndOutputMetadata) {

@@ -191,14 +191,19 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
   nodes_.assign(graph.node().begin(), graph.node().end());
 
   // Initializers are constants unless a graph input of the same name may
-  // override them.
+  // override them. Before IR version 4 every initializer had to be listed
+  // as an input too, so there such inputs are constants (as in ONNX
+  // Runtime).
   std::set<std::string> input_names;
   for (const auto& v : graph.input()) input_names.insert(v.name());
+  const bool overridable = model.ir_version() >= 4;
+  std::set<std::string> constant_inputs;
   for (const auto& init : graph.initializer()) {
     auto value = TensorFromProto(init);
     if (!value.ok()) return value.status().WithContext("initializer '" + init.name() + "'");
     int slot = SlotOf(init.name());
-    if (input_names.count(init.name())) {
+    if (!overridable && input_names.count(init.name())) constant_inputs.insert(init.name());
+    if (overridable && input_names.count(init.name())) {
       input_defaults_[static_cast<size_t>(slot)] = std::move(value).value();
     } else {
       slot_kind_[static_cast<size_t>(slot)] = SlotKind::kConstant;
@@ -206,6 +211,7 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
     }
   }
   for (const auto& v : graph.input()) {
+    if (constant_inputs.count(v.name())) continue;
     TensorInfo info = InfoFromValue(v);
     int slot = SlotOf(v.name());
     info.optional = input_defaults_[static_cast<size_t>(slot)].defined();

@@ -93,7 +93,12 @@ class BufferCache {
   // real size.
   std::unordered_map<std::byte*, size_t> sizes_;
   size_t cached_bytes_ = 0;
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // Recycled blocks would hide use-after-free from the sanitizers.
+  size_t limit_ = 0;
+#else
   size_t limit_ = 256u << 20;
+#endif
 };
 
 std::shared_ptr<std::byte> AllocateAligned(size_t bytes) {

@@ -337,17 +337,25 @@ class SoftmaxKernel final : public Kernel {
     }
     // Separate passes (max, exp, lane-split sum, scale) so each one is a
     // plain vectorisable loop.
+    // y may alias x (in-place), so LogSoftmax must not store the
+    // exponentials.
     T m = x[0];
     for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
-    for (int64_t i = 0; i < n; ++i) y[i] = Exp<T>(x[i] - m);
     T lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      for (int j = 0; j < 8; ++j) lanes[j] += y[i + j];
+    if (kind_ == SoftmaxKind::kSoftmax) {
+      for (int64_t k = 0; k < n; ++k) y[k] = Exp<T>(x[k] - m);
+      for (; i + 8 <= n; i += 8) {
+        for (int j = 0; j < 8; ++j) lanes[j] += y[i + j];
+      }
+    } else {
+      for (; i + 8 <= n; i += 8) {
+        for (int j = 0; j < 8; ++j) lanes[j] += Exp<T>(x[i + j] - m);
+      }
     }
     T sum = 0;
     for (int j = 0; j < 8; ++j) sum += lanes[j];
-    for (; i < n; ++i) sum += y[i];
+    for (; i < n; ++i) sum += kind_ == SoftmaxKind::kSoftmax ? y[i] : Exp<T>(x[i] - m);
     if (kind_ == SoftmaxKind::kSoftmax) {
       const T inv = T(1) / sum;
       for (int64_t k = 0; k < n; ++k) y[k] *= inv;

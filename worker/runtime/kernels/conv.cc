@@ -1103,177 +1103,89 @@ class PointwiseConvPlan final : public ConvPlan {
   void (*image_fn_)(const PointwiseArgs&, const float*, float*, int64_t, int64_t, float*) = nullptr;
 };
 
-// Depthwise (one input and one output channel per group) convolution,
-// plane by plane on NCHW; each plane is staged zero-padded in L1 so taps are
-// plain contiguous vector loads with no border tests.
-//  - unit stride: the padded plane is one flat array of rows `wp` wide;
-//    output (oh, ow) sits at flat oh * wp + ow and tap (r, t) at a fixed
-//    offset r * wp + t from it, so whole vectors run across row ends (the
-//    columns past out_w are discarded when copying out);
-//  - stride s > 1 along the width: each padded row is split into s phases
-//    (phase q holds padded columns q, q + s, ...), making every tap of an
-//    output vector contiguous again.
+// Depthwise (one input and one output channel per group) convolution. Each
+// group of VL channels of an image is converted to channel-interleaved form
+// (one vector = VL channels of one pixel) with the tiled transposes, copied
+// into a zero-bordered staging image, convolved with one vector FMA per tap
+// and output pixel, and converted back. Borders, strides and dilations are
+// then just address arithmetic, and small planes (7x7) waste no lanes.
 constexpr int64_t kMaxDepthwiseTaps = 64;
 
 struct DepthwiseArgs {
-  int64_t h, w, pad_top, pad_left, out_h, out_w, taps;
-  int64_t rows;       // padded rows staged
-  int64_t row_width;  // floats per staged row (flat) or per phase row
-  int64_t sh, sw;
-  int64_t vectors;    // output vectors per plane (flat) or per row (phased)
-  int64_t phase_first[4], phase_last[4];  // filled element range per phase
-  int64_t offsets[kMaxDepthwiseTaps];  // per tap, from the output's base
+  int64_t h, w, pad_top, pad_left, out_h, out_w, sh, sw;
+  int64_t stage_width;  // padded pixels per staged row
+  int64_t taps;
+  int64_t offsets[kMaxDepthwiseTaps];  // per tap, in floats from the window origin
   float lo, hi;
 };
 
-// Copies n floats with whole vectors only (overlapping the last one), so
-// short rows cost a few moves instead of a library call.
-template <int VL>
-__attribute__((always_inline)) inline void CopyFloats(float* dst, const float* src, int64_t n) {
-  if constexpr (VL >= 4) {
-    typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
-    if (n >= VL) {
-      int64_t i = 0;
-      for (; i + VL < n; i += VL) {
-        Vec v;
-        std::memcpy(&v, src + i, sizeof(Vec));
-        std::memcpy(dst + i, &v, sizeof(Vec));
-      }
-      Vec v;
-      std::memcpy(&v, src + n - VL, sizeof(Vec));
-      std::memcpy(dst + n - VL, &v, sizeof(Vec));
-      return;
-    }
-    if constexpr (VL > 4) {
-      CopyFloats<VL / 2>(dst, src, n);
-      return;
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
-}
-
-// `stage` must hold zeros outside the input's footprint: only the cells
-// that receive input are written here, so consecutive planes share it.
-template <int VL>
-__attribute__((always_inline)) inline void DepthwisePlane(const DepthwiseArgs& a, const float* x, const float* w,
-                                                          float bias, float* y, float* stage, float* flat_out) {
+// kTaps > 0 fixes the tap count at compile time (3x3 kernels), so the tap
+// loop unrolls and the weights stay in registers.
+template <int VL, int kTaps>
+__attribute__((always_inline)) inline void DepthwiseGroupCompute(const DepthwiseArgs& a, const float* stage,
+                                                                 const float* w, const float* bias, float* out) {
   typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
-  const bool flat = a.sw == 1;
-  const int64_t phases = flat ? 1 : a.sw;
-  for (int64_t ih = 0; ih < a.h; ++ih) {
-    const float* src = x + ih * a.w;
-    float* row = stage + (ih + a.pad_top) * phases * a.row_width;
-    if (flat) {
-      CopyFloats<VL>(row + a.pad_left, src, a.w);
-      continue;
-    }
-    for (int64_t q = 0; q < a.sw; ++q) {
-      // Phase q, element i holds padded column i * sw + q = input column i * sw + q - pad_left.
-      float* dst = row + q * a.row_width;
-      const float* from = src + q - a.pad_left;
-      for (int64_t i = a.phase_first[q]; i < a.phase_last[q]; ++i) dst[i] = from[i * a.sw];
-    }
-  }
-  // Output vectors are computed four at a time: independent accumulators
-  // hide the FMA latency of the short tap chains.
-  auto finish = [&](Vec acc, float* out, int64_t n, bool spill_ok) {
-    acc = acc < a.lo ? Vec{} + a.lo : acc;
-    acc = acc > a.hi ? Vec{} + a.hi : acc;
-    if (n == VL || spill_ok) {
-      std::memcpy(out, &acc, sizeof(Vec));
-    } else {
-      float lanes[VL];
-      std::memcpy(lanes, &acc, sizeof(Vec));
-      for (int64_t i = 0; i < n; ++i) out[i] = lanes[i];
-    }
-  };
-  constexpr int kGroup = 4;
-  const int64_t count = flat ? a.vectors : a.out_h * a.vectors;
-  for (int64_t first = 0; first < count; first += kGroup) {
-    const int64_t group = std::min<int64_t>(kGroup, count - first);
-    const float* base[kGroup];
-    for (int j = 0; j < kGroup; ++j) {
-      const int64_t index = first + std::min<int64_t>(j, group - 1);
-      base[j] = flat ? stage + index * VL
-                     : stage + (index / a.vectors) * a.sh * phases * a.row_width + (index % a.vectors) * VL;
-    }
-    Vec acc[kGroup];
-    for (int j = 0; j < kGroup; ++j) acc[j] = Vec{} + bias;
-    for (int64_t t = 0; t < a.taps; ++t) {
-      const int64_t offset = a.offsets[t];
-      const float wv = w[t];
-      for (int j = 0; j < kGroup; ++j) {
-        Vec xv;
-        std::memcpy(&xv, base[j] + offset, sizeof(Vec));
-        acc[j] += xv * wv;
+  // Output pixels in flight: enough independent FMA chains to cover the
+  // FMA latency.
+  constexpr int kGroup = 8;
+  const int64_t taps = kTaps > 0 ? kTaps : a.taps;
+  Vec b;
+  std::memcpy(&b, bias, sizeof(Vec));
+  for (int64_t oh = 0; oh < a.out_h; ++oh) {
+    const float* row = stage + oh * a.sh * a.stage_width * VL;
+    for (int64_t ow0 = 0; ow0 < a.out_w; ow0 += kGroup) {
+      const int64_t n = std::min<int64_t>(kGroup, a.out_w - ow0);
+      const float* base[kGroup];
+      for (int j = 0; j < kGroup; ++j) base[j] = row + (ow0 + std::min<int64_t>(j, n - 1)) * a.sw * VL;
+      Vec acc[kGroup];
+      for (int j = 0; j < kGroup; ++j) acc[j] = b;
+      for (int64_t t = 0; t < taps; ++t) {
+        Vec wv;
+        std::memcpy(&wv, w + t * VL, sizeof(Vec));
+        const int64_t offset = a.offsets[t];
+        for (int j = 0; j < kGroup; ++j) {
+          Vec xv;
+          std::memcpy(&xv, base[j] + offset, sizeof(Vec));
+          acc[j] += xv * wv;
+        }
       }
-    }
-    for (int64_t j = 0; j < group; ++j) {
-      const int64_t index = first + j;
-      if (flat) {
-        finish(acc[j], flat_out + index * VL, VL, true);
-      } else {
-        const int64_t oh = index / a.vectors, col = (index % a.vectors) * VL;
-        // A full store past the row end lands on later rows of this plane,
-        // which are written afterwards.
-        finish(acc[j], y + oh * a.out_w + col, std::min<int64_t>(VL, a.out_w - col),
-               oh * a.out_w + col + VL <= a.out_h * a.out_w);
+      for (int64_t j = 0; j < n; ++j) {
+        Vec v = acc[j];
+        v = v < a.lo ? Vec{} + a.lo : v;
+        v = v > a.hi ? Vec{} + a.hi : v;
+        std::memcpy(out + (oh * a.out_w + ow0 + j) * VL, &v, sizeof(Vec));
       }
     }
   }
-  if (flat) {
-    for (int64_t oh = 0; oh < a.out_h; ++oh) {
-      CopyFloats<VL>(y + oh * a.out_w, flat_out + oh * a.sh * a.row_width, a.out_w);
-    }
+}
+
+__attribute__((target("avx512f"))) void DepthwiseGroupCompute16(const DepthwiseArgs& a, const float* stage,
+                                                                const float* w, const float* bias, float* out) {
+  if (a.taps == 9) {
+    DepthwiseGroupCompute<16, 9>(a, stage, w, bias, out);
+  } else {
+    DepthwiseGroupCompute<16, 0>(a, stage, w, bias, out);
   }
 }
-
-// Planes [begin, end) of the batch; channel = plane % channels.
-struct DepthwiseBatch {
-  const float* x;
-  const float* w;
-  const float* bias;
-  float* y;
-  int64_t channels, in_size, out_size;
-  float* stage;
-  size_t stage_floats;
-  float* flat_out;
-};
-
-template <int VL>
-__attribute__((always_inline)) inline void DepthwisePlanes(const DepthwiseArgs& a, const DepthwiseBatch& b,
-                                                           int64_t begin, int64_t end) {
-  std::fill(b.stage, b.stage + b.stage_floats, 0.0f);
-  for (int64_t p = begin; p < end; ++p) {
-    const int64_t c = p % b.channels;
-    DepthwisePlane<VL>(a, b.x + p * b.in_size, b.w + c * a.taps, b.bias != nullptr ? b.bias[c] : 0.0f,
-                       b.y + p * b.out_size, b.stage, b.flat_out);
+__attribute__((target("avx2,fma"))) void DepthwiseGroupCompute8(const DepthwiseArgs& a, const float* stage,
+                                                                const float* w, const float* bias, float* out) {
+  if (a.taps == 9) {
+    DepthwiseGroupCompute<8, 9>(a, stage, w, bias, out);
+  } else {
+    DepthwiseGroupCompute<8, 0>(a, stage, w, bias, out);
   }
-}
-
-__attribute__((target("avx512f"))) void DepthwisePlanes16(const DepthwiseArgs& a, const DepthwiseBatch& b,
-                                                          int64_t begin, int64_t end) {
-  DepthwisePlanes<16>(a, b, begin, end);
-}
-__attribute__((target("avx2,fma"))) void DepthwisePlanes8(const DepthwiseArgs& a, const DepthwiseBatch& b,
-                                                          int64_t begin, int64_t end) {
-  DepthwisePlanes<8>(a, b, begin, end);
-}
-void DepthwisePlanes4(const DepthwiseArgs& a, const DepthwiseBatch& b, int64_t begin, int64_t end) {
-  DepthwisePlanes<4>(a, b, begin, end);
 }
 
 class DepthwiseConvPlan final : public ConvPlan {
  public:
   static bool Suits(const ConvGeometry& g) {
-    return g.group == g.c && g.m == g.c && g.in[0] == 1 && g.kernel[0] == 1 &&
-           g.kernel[1] * g.kernel[2] <= kMaxDepthwiseTaps && g.stride[2] <= 4 &&
-           (g.stride[2] == 1 || g.dilation[2] == 1);
+    return VectorWidth() >= 8 && g.group == g.c && g.m == g.c && g.in[0] == 1 && g.kernel[0] == 1 &&
+           g.kernel[1] * g.kernel[2] <= kMaxDepthwiseTaps;
   }
 
-  DepthwiseConvPlan(const ConvGeometry& g, const Activation& act) : g_(g), act_(act) {
-    const int width = VectorWidth();
-    planes_fn_ = width == 16 ? DepthwisePlanes16 : width == 8 ? DepthwisePlanes8 : DepthwisePlanes4;
+  DepthwiseConvPlan(const ConvGeometry& g, const Activation& act, const float* constant_weights) : g_(g), act_(act) {
+    vl_ = VectorWidth() >= 16 ? 16 : 8;
+    compute_fn_ = vl_ == 16 ? DepthwiseGroupCompute16 : DepthwiseGroupCompute8;
     a_.h = g.in[1];
     a_.w = g.in[2];
     a_.pad_top = g.pad_begin[1];
@@ -1282,64 +1194,91 @@ class DepthwiseConvPlan final : public ConvPlan {
     a_.out_w = g.out[2];
     a_.sh = g.stride[1];
     a_.sw = g.stride[2];
+    stage_rows_ = std::max(g.in[1] + g.pad_begin[1] + g.pad_end[1],
+                           (g.out[1] - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1);
+    a_.stage_width = std::max(g.in[2] + g.pad_begin[2] + g.pad_end[2],
+                              (g.out[2] - 1) * g.stride[2] + (g.kernel[2] - 1) * g.dilation[2] + 1);
     a_.taps = g.kernel[1] * g.kernel[2];
-    a_.rows = std::max(g.in[1] + g.pad_begin[1] + g.pad_end[1],
-                       (g.out[1] - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1);
-    if (a_.sw == 1) {
-      a_.row_width = std::max(g.in[2] + g.pad_begin[2] + g.pad_end[2], g.out[2] + (g.kernel[2] - 1) * g.dilation[2]);
-    } else {
-      a_.vectors = (g.out[2] + width - 1) / width;
-      a_.row_width = a_.vectors * width + (g.kernel[2] - 1) / g.stride[2] + 1;
-      for (int64_t q = 0; q < a_.sw; ++q) {
-        a_.phase_first[q] = std::max<int64_t>(0, (a_.pad_left - q + a_.sw - 1) / a_.sw);
-        a_.phase_last[q] = std::min<int64_t>(a_.row_width, (a_.w + a_.pad_left - q + a_.sw - 1) / a_.sw);
-      }
-    }
     for (int64_t r = 0; r < g.kernel[1]; ++r) {
       for (int64_t t = 0; t < g.kernel[2]; ++t) {
-        int64_t offset;
-        if (a_.sw == 1) {
-          offset = r * g.dilation[1] * a_.row_width + t * g.dilation[2];
-        } else {
-          offset = (r * g.dilation[1] * a_.sw + t % a_.sw) * a_.row_width + t / a_.sw;
-        }
-        a_.offsets[r * g.kernel[2] + t] = offset;
+        a_.offsets[r * g.kernel[2] + t] = (r * g.dilation[1] * a_.stage_width + t * g.dilation[2]) * vl_;
       }
     }
-    if (a_.sw == 1) {
-      // Output row oh starts at flat oh * sh * row_width; with sh > 1 the
-      // rows in between are computed too and dropped when copying out.
-      a_.vectors = ((g.out[1] - 1) * g.stride[1] * a_.row_width + a_.row_width + width - 1) / width;
-    }
     ClampBounds(act, &a_.lo, &a_.hi);
-    width_ = width;
+    groups_ = (g.c + vl_ - 1) / vl_;
+    if (constant_weights != nullptr) packed_weights_ = PackWeights(constant_weights);
   }
 
   void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    std::vector<float> runtime_weights;
+    const float* weights = packed_weights_.data();
+    if (packed_weights_.empty()) {
+      runtime_weights = PackWeights(w);
+      weights = runtime_weights.data();
+    }
+    std::vector<float> packed_bias(static_cast<size_t>(groups_ * vl_), 0.0f);
+    if (bias != nullptr) std::copy(bias, bias + g_.c, packed_bias.begin());
     const int64_t in_size = g_.in_size(), out_size = g_.out_size();
-    const int64_t phases = a_.sw == 1 ? 1 : a_.sw;
-    const size_t stage_floats = static_cast<size_t>(a_.rows * phases * a_.row_width + width_ + a_.row_width);
-    const size_t flat_floats = static_cast<size_t>(a_.vectors * width_);
-    auto planes = [&](int64_t begin, int64_t end) {
-      float* stage = Scratch(kSlotSrc, stage_floats + flat_floats);
-      const DepthwiseBatch batch{x, w, bias, y, g_.c, in_size, out_size, stage, stage_floats, stage + stage_floats};
-      planes_fn_(a_, batch, begin, end);
-      if (!IsClamp(act_)) act_.Apply(y + begin * out_size, (end - begin) * out_size);
+    const size_t in_floats = static_cast<size_t>(in_size * vl_);
+    const size_t stage_floats = static_cast<size_t>(stage_rows_ * a_.stage_width * vl_);
+    const size_t out_floats = static_cast<size_t>(out_size * vl_);
+    // Jobs are (image, channel group).
+    auto jobs = [&](int64_t begin, int64_t end) {
+      float* in_buf = Scratch(kSlotSrc, in_floats);
+      float* stage = Scratch(kSlotCol, stage_floats);
+      float* out_buf = Scratch(kSlotDst, out_floats);
+      // The staging image's borders stay zero: only the input's footprint is
+      // rewritten per group.
+      std::fill(stage, stage + stage_floats, 0.0f);
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t n = job / groups_, grp = job % groups_;
+        const int64_t c0 = grp * vl_, valid = std::min<int64_t>(vl_, g_.c - c0);
+        const float* xg = x + (n * g_.c + c0) * in_size;
+        float* yg = y + (n * g_.c + c0) * out_size;
+        if (job + 1 < end) {
+          // The next group's planes are contiguous but each is only a few
+          // cache lines long, too short for the hardware prefetcher.
+          const int64_t next_c0 = ((job + 1) % groups_) * vl_;
+          const char* next = reinterpret_cast<const char*>(x + ((job + 1) / groups_ * g_.c + next_c0) * in_size);
+          const int64_t bytes = std::min<int64_t>(vl_, g_.c - next_c0) * in_size * 4;
+          for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(next + off);
+        }
+        ConvertLayout<true>(const_cast<float*>(xg), in_buf, valid, in_size, vl_);
+        for (int64_t h = 0; h < a_.h; ++h) {
+          std::memcpy(stage + ((h + a_.pad_top) * a_.stage_width + a_.pad_left) * vl_, in_buf + h * a_.w * vl_,
+                      static_cast<size_t>(a_.w * vl_) * sizeof(float));
+        }
+        compute_fn_(a_, stage, weights + grp * a_.taps * vl_, packed_bias.data() + c0, out_buf);
+        ConvertLayout<false>(yg, out_buf, valid, out_size, vl_);
+        if (!IsClamp(act_)) act_.Apply(yg, valid * out_size);
+      }
     };
-    const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(in_size, 1));
-    if (pool.num_threads() > 1 && g_.n * g_.c > grain) {
-      pool.ParallelFor(g_.n * g_.c, grain, planes);
+    const int64_t count = g_.n * groups_;
+    if (pool.num_threads() > 1 && count > 1) {
+      pool.ParallelFor(count, 1, jobs);
     } else {
-      planes(0, g_.n * g_.c);
+      jobs(0, count);
     }
   }
 
  private:
+  // [C][taps] as [C/VL][taps][VL], zero past C.
+  std::vector<float> PackWeights(const float* w) const {
+    std::vector<float> packed(static_cast<size_t>(groups_ * a_.taps * vl_), 0.0f);
+    for (int64_t c = 0; c < g_.c; ++c) {
+      for (int64_t t = 0; t < a_.taps; ++t) {
+        packed[static_cast<size_t>(((c / vl_) * a_.taps + t) * vl_ + c % vl_)] = w[c * a_.taps + t];
+      }
+    }
+    return packed;
+  }
+
   ConvGeometry g_;
   Activation act_;
   DepthwiseArgs a_{};
-  int width_ = 4;
-  void (*planes_fn_)(const DepthwiseArgs&, const DepthwiseBatch&, int64_t, int64_t) = nullptr;
+  int64_t vl_ = 16, groups_ = 0, stage_rows_ = 0;
+  std::vector<float> packed_weights_;
+  void (*compute_fn_)(const DepthwiseArgs&, const float*, const float*, const float*, float*) = nullptr;
 };
 
 // Any geometry: per image and group, im2col then W_g [Mg, Cg*K] x col.
@@ -1439,7 +1378,7 @@ class ConvKernel final : public Kernel {
       } else if (DirectConvPlan::Suits(g)) {
         plan = std::make_shared<DirectConvPlan>(g, attrs_.activation, constant);
       } else if (DepthwiseConvPlan::Suits(g)) {
-        plan = std::make_shared<DepthwiseConvPlan>(g, attrs_.activation);
+        plan = std::make_shared<DepthwiseConvPlan>(g, attrs_.activation, constant);
       }
     }
     if (algo_ != Algo::kGemm && plan == nullptr) {

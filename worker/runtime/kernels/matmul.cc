@@ -77,6 +77,123 @@ Status NotFloat(const onnx::NodeProto&) {
 }
 
 // ---------------------------------------------------------------------------
+// Small products (a few rows: batch-1 layers, attention heads) lose more to
+// a primitive call or SGEMM's packing than they spend computing, so they run
+// on a register-tiled kernel that reads A and B where they are: 8 rows of C
+// x up to 3 vectors of columns, B rows loaded as vectors, A elements
+// broadcast.
+// ---------------------------------------------------------------------------
+
+int VectorWidth() {
+  static const int width = __builtin_cpu_supports("avx512f")                                   ? 16
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                               : 0;
+  return width;
+}
+
+// C[M, N] = A[M, K] x B[K, N] (+ bias[N]) (+ C when accumulating); all
+// row-major with leading dimensions. `tail` has room for K x 16 floats.
+struct SmallGemmArgs {
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float* c;
+  int64_t ldc;
+  int64_t m, n, k;
+  const float* bias;
+  bool accumulate;
+  float* tail;
+};
+
+constexpr int64_t kSmallGemmMaxRows = 64;
+
+template <int VL, int MR, int NV, bool kPartial>
+__attribute__((always_inline)) inline void SmallGemmTile(const SmallGemmArgs& g, int64_t i0, int64_t rows,
+                                                         const float* b, int64_t ldb, int64_t col0,
+                                                         int64_t valid_cols) {
+  typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+  const float* arow[MR];
+  for (int r = 0; r < MR; ++r) arow[r] = g.a + (i0 + std::min<int64_t>(r, rows - 1)) * g.lda;
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    for (int j = 0; j < NV; ++j) acc[r][j] = Vec{};
+  }
+  for (int64_t kk = 0; kk < g.k; ++kk, b += ldb) {
+    Vec bv[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], b + j * VL, sizeof(Vec));
+    for (int r = 0; r < MR; ++r) {
+      const float av = arow[r][kk];
+      for (int j = 0; j < NV; ++j) acc[r][j] += bv[j] * av;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* out = g.c + (i0 + r) * g.ldc + col0;
+    if constexpr (!kPartial) {
+      for (int j = 0; j < NV; ++j) {
+        Vec v = acc[r][j];
+        if (g.bias != nullptr) {
+          Vec bias;
+          std::memcpy(&bias, g.bias + col0 + j * VL, sizeof(Vec));
+          v += bias;
+        }
+        if (g.accumulate) {
+          Vec old;
+          std::memcpy(&old, out + j * VL, sizeof(Vec));
+          v += old;
+        }
+        std::memcpy(out + j * VL, &v, sizeof(Vec));
+      }
+    } else {
+      float lanes[NV * VL];
+      std::memcpy(lanes, acc[r], sizeof(lanes));
+      for (int64_t i = 0; i < valid_cols; ++i) {
+        float v = lanes[i];
+        if (g.bias != nullptr) v += g.bias[col0 + i];
+        if (g.accumulate) v += out[i];
+        out[i] = v;
+      }
+    }
+  }
+}
+
+template <int VL, int MR, int NV>
+__attribute__((always_inline)) inline void SmallGemmRows(const SmallGemmArgs& g, int64_t i0, int64_t rows) {
+  const int64_t full = g.n / VL;
+  int64_t v = 0;
+  for (; v + NV <= full; v += NV) SmallGemmTile<VL, MR, NV, false>(g, i0, rows, g.b + v * VL, g.ldb, v * VL, 0);
+  for (; v < full; ++v) SmallGemmTile<VL, MR, 1, false>(g, i0, rows, g.b + v * VL, g.ldb, v * VL, 0);
+  if (g.n % VL != 0) SmallGemmTile<VL, MR, 1, true>(g, i0, rows, g.tail, VL, full * VL, g.n % VL);
+}
+
+template <int VL>
+__attribute__((always_inline)) inline void SmallGemmImpl(const SmallGemmArgs& g) {
+  const int64_t full = g.n / VL, rem = g.n % VL;
+  if (rem != 0) {
+    // The last partial column vector of B, zero-padded, so no load runs past B.
+    for (int64_t kk = 0; kk < g.k; ++kk) {
+      for (int64_t i = 0; i < VL; ++i) g.tail[kk * VL + i] = i < rem ? g.b[kk * g.ldb + full * VL + i] : 0.0f;
+    }
+  }
+  int64_t i0 = 0;
+  for (; i0 + 8 <= g.m; i0 += 8) SmallGemmRows<VL, 8, 3>(g, i0, 8);
+  for (; i0 < g.m; ++i0) SmallGemmRows<VL, 1, 4>(g, i0, 1);
+}
+
+__attribute__((target("avx512f"))) void SmallGemm16(const SmallGemmArgs& g) { SmallGemmImpl<16>(g); }
+__attribute__((target("avx2,fma"))) void SmallGemm8(const SmallGemmArgs& g) { SmallGemmImpl<8>(g); }
+
+// Runs the small kernel when this CPU has one; false: use another path.
+bool SmallGemm(SmallGemmArgs g) {
+  const int width = VectorWidth();
+  if (width == 0 || g.m > kSmallGemmMaxRows) return false;
+  g.tail = Scratch(1, static_cast<size_t>(g.k * 16));
+  if (width == 16) SmallGemm16(g);
+  else SmallGemm8(g);
+  return true;
+}
+
+// ---------------------------------------------------------------------------
 // Constant right-hand side: [K, N] (or [N, K] transposed) packed per
 // primitive. Y[M, N] = A[M, K] x B (+ bias[N]) (+ existing Y when `sum`).
 // ---------------------------------------------------------------------------
@@ -286,6 +403,12 @@ class GemmKernel final : public Kernel {
       return Status::Ok();
     }
     const bool constant_b = weights_ != nullptr && b->SharesBufferWith(b_tensor_) && b->raw() == b_tensor_.raw();
+    if (!trans_a_ && (constant_b || (!trans_b_ && alpha_ == 1.0f))) {
+      // B as K x N row-major: the packed copy (alpha folded in) or B itself.
+      const SmallGemmArgs g{a->data<float>(), k, constant_b ? weights_->plain() : b->data<float>(), n, yd, n, m, n, k,
+                            bias_folded ? bias_.data() : nullptr, accumulate, nullptr};
+      if (SmallGemm(g)) return Status::Ok();
+    }
     if (constant_b && m * n * k >= kPrimitiveMinWork) {
       if (auto plan = cache_.Get(*weights_, m, trans_a_, bias_folded, accumulate, threads)) {
         plan->Run(a->data<float>(), bias_folded ? bias_.data() : nullptr, yd, threads);
@@ -357,6 +480,28 @@ class BatchedMatMul {
   dnnl::matmul primitive_;
 };
 
+// Per output matrix t of the broadcast batch: offsets of its A and B
+// matrices, interleaved [a0, b0, a1, b1, ...].
+std::vector<int64_t> BatchOffsets(const Shape& batch, const Shape& a_batch, const Shape& b_batch, int64_t m,
+                                  int64_t n, int64_t k) {
+  const int64_t count = NumElements(batch);
+  std::vector<int64_t> offsets(static_cast<size_t>(2 * count));
+  for (int64_t t = 0; t < count; ++t) {
+    int64_t rest = t, ai = 0, bi = 0, a_stride = 1, b_stride = 1;
+    for (size_t i = batch.size(); i-- > 0;) {
+      const int64_t idx = rest % batch[i];
+      rest /= batch[i];
+      if (a_batch[i] != 1) ai += idx * a_stride;
+      if (b_batch[i] != 1) bi += idx * b_stride;
+      a_stride *= a_batch[i];
+      b_stride *= b_batch[i];
+    }
+    offsets[static_cast<size_t>(2 * t)] = ai * m * k;
+    offsets[static_cast<size_t>(2 * t + 1)] = bi * k * n;
+  }
+  return offsets;
+}
+
 class MatMulKernel final : public Kernel {
  public:
   explicit MatMulKernel(const KernelInit& init) : node_(init.node) {
@@ -412,6 +557,7 @@ class MatMulKernel final : public Kernel {
     if (b_count == 1) {
       // Every batch of A against the same B: one [count * M, K] x [K, N].
       const int64_t rows = count * m;
+      if (SmallGemm({ad, k, bd, n, yd, n, rows, n, k, nullptr, false, nullptr})) return Status::Ok();
       const bool constant_b = weights_ != nullptr && b->SharesBufferWith(b_tensor_) && b->raw() == b_tensor_.raw();
       if (constant_b && rows * n * k >= kPrimitiveMinWork) {
         if (auto plan = cache_.Get(*weights_, rows, false, false, false, threads)) {
@@ -421,6 +567,23 @@ class MatMulKernel final : public Kernel {
       }
       SetOmpThreads(threads);
       dnnl_sgemm('N', 'N', rows, n, k, 1.0f, ad, k, bd, n, 0.0f, yd, n);
+      return Status::Ok();
+    }
+    if (m <= kSmallGemmMaxRows && VectorWidth() != 0) {
+      // Many small matrices (attention): the small kernel per matrix.
+      std::vector<int64_t> offsets = BatchOffsets(batch, a_batch, b_batch, m, n, k);
+      ThreadPool& pool = ctx.threads();
+      auto run = [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          SmallGemm({ad + offsets[static_cast<size_t>(2 * t)], k, bd + offsets[static_cast<size_t>(2 * t + 1)], n,
+                     yd + t * m * n, n, m, n, k, nullptr, false, nullptr});
+        }
+      };
+      if (pool.num_threads() > 1 && count >= pool.num_threads()) {
+        pool.ParallelFor(count, 1, run);
+      } else {
+        run(0, count);
+      }
       return Status::Ok();
     }
     if (a_count == count && (b_count == count || b_count == 1)) {
@@ -436,24 +599,11 @@ class MatMulKernel final : public Kernel {
       }
     }
     // General broadcasting: one SGEMM per output matrix.
-    std::vector<int64_t> a_offset(static_cast<size_t>(count)), b_offset(static_cast<size_t>(count));
-    for (int64_t t = 0; t < count; ++t) {
-      int64_t rest = t, ai = 0, bi = 0, a_stride = 1, b_stride = 1;
-      for (size_t i = batch_rank; i-- > 0;) {
-        const int64_t idx = rest % batch[i];
-        rest /= batch[i];
-        if (a_batch[i] != 1) ai += idx * a_stride;
-        if (b_batch[i] != 1) bi += idx * b_stride;
-        a_stride *= a_batch[i];
-        b_stride *= b_batch[i];
-      }
-      a_offset[static_cast<size_t>(t)] = ai * m * k;
-      b_offset[static_cast<size_t>(t)] = bi * k * n;
-    }
+    std::vector<int64_t> offsets = BatchOffsets(batch, a_batch, b_batch, m, n, k);
     ThreadPool& pool = ctx.threads();
     auto one = [&](int64_t t) {
-      dnnl_sgemm('N', 'N', m, n, k, 1.0f, ad + a_offset[static_cast<size_t>(t)], k,
-                 bd + b_offset[static_cast<size_t>(t)], n, 0.0f, yd + t * m * n, n);
+      dnnl_sgemm('N', 'N', m, n, k, 1.0f, ad + offsets[static_cast<size_t>(2 * t)], k,
+                 bd + offsets[static_cast<size_t>(2 * t + 1)], n, 0.0f, yd + t * m * n, n);
     };
     if (pool.num_threads() > 1 && count >= pool.num_threads()) {
       pool.ParallelFor(count, 1, [&](int64_t begin, int64_t end) {

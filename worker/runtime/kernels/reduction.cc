@@ -1,6 +1,8 @@
 // Reduce* ops and ArgMax/ArgMin.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <map>
 #include <optional>
 
 #include <onnx/onnx_pb.h>
@@ -314,6 +316,178 @@ class TopKKernel final : public Kernel {
   bool largest_;
 };
 
+// Einsum, evaluated directly: one loop over every letter of the equation,
+// each operand indexed through per-letter strides (a repeated letter in one
+// operand adds its strides, which gives diagonals). Broadcast ellipsis
+// dims of size 1 get stride 0.
+class EinsumKernel final : public Kernel {
+ public:
+  static StatusOr<std::unique_ptr<Kernel>> Make(const std::string& equation) {
+    std::string eq;
+    for (char c : equation) {
+      if (c != ' ') eq += c;
+    }
+    auto arrow = eq.find("->");
+    std::string lhs = eq.substr(0, arrow);
+    std::vector<std::string> terms;
+    size_t start = 0;
+    for (;;) {
+      size_t comma = lhs.find(',', start);
+      terms.push_back(lhs.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    for (const auto& t : terms) {
+      for (size_t i = 0; i < t.size(); ++i) {
+        if (t[i] == '.') {
+          if (t.compare(i, 3, "...") != 0) return NodeError("malformed ellipsis in '" + equation + "'");
+          i += 2;
+        } else if (!std::isalpha(static_cast<unsigned char>(t[i]))) {
+          return NodeError("unexpected '" + std::string(1, t[i]) + "' in equation '" + equation + "'");
+        }
+      }
+    }
+    std::optional<std::string> rhs;
+    if (arrow != std::string::npos) rhs = eq.substr(arrow + 2);
+    return MakeKernel<EinsumKernel>(std::move(terms), std::move(rhs));
+  }
+
+  EinsumKernel(std::vector<std::string> terms, std::optional<std::string> rhs)
+      : terms_(std::move(terms)), rhs_(std::move(rhs)) {}
+
+  Status Compute(KernelContext& ctx) const override {
+    const int n = static_cast<int>(terms_.size());
+    if (ctx.num_inputs() != n) return KernelError("equation has " + std::to_string(n) + " operands");
+    DataType type = DataType::kUndefined;
+    int ellipsis_rank = 0;
+    // Letters of each operand, with the ellipsis replaced by markers 0..E-1
+    // (aligned right, like broadcasting).
+    std::vector<std::vector<int>> letters(static_cast<size_t>(n));
+    for (int k = 0; k < n; ++k) {
+      const Tensor* t = ctx.input(k);
+      if (!t) return KernelError("missing operand");
+      if (type == DataType::kUndefined) type = t->dtype();
+      if (t->dtype() != type) return KernelError("operands differ in element type");
+      int named = 0;
+      for (char c : terms_[static_cast<size_t>(k)]) named += c != '.';
+      if (terms_[static_cast<size_t>(k)].find("...") != std::string::npos) {
+        ellipsis_rank = std::max(ellipsis_rank, t->rank() - named);
+      } else if (named != t->rank()) {
+        return KernelError("operand " + std::to_string(k) + " has rank " + std::to_string(t->rank()) + ", equation says " +
+                           std::to_string(named));
+      }
+    }
+    constexpr int kEllipsisBase = 1000;
+    for (int k = 0; k < n; ++k) {
+      const std::string& term = terms_[static_cast<size_t>(k)];
+      int named = 0;
+      for (char c : term) named += c != '.';
+      int e = ctx.input(k)->rank() - named;
+      if (e < 0) return KernelError("operand rank is below the equation's");
+      for (size_t i = 0; i < term.size(); ++i) {
+        if (term[i] == '.') {
+          for (int j = 0; j < e; ++j) letters[static_cast<size_t>(k)].push_back(kEllipsisBase + ellipsis_rank - e + j);
+          i += 2;
+        } else {
+          letters[static_cast<size_t>(k)].push_back(term[i]);
+        }
+      }
+    }
+    // Size of every letter (1 broadcasts).
+    std::map<int, int64_t> size;
+    std::map<int, int> count;
+    for (int k = 0; k < n; ++k) {
+      const Tensor* t = ctx.input(k);
+      for (size_t d = 0; d < letters[static_cast<size_t>(k)].size(); ++d) {
+        int l = letters[static_cast<size_t>(k)][d];
+        int64_t v = t->dim(static_cast<int>(d));
+        auto it = size.find(l);
+        if (it == size.end() || it->second == 1) {
+          size[l] = v;
+        } else if (v != 1 && v != it->second) {
+          return KernelError("dimension sizes disagree for a letter of the equation");
+        }
+        ++count[l];
+      }
+    }
+    std::vector<int> out_letters;
+    if (rhs_) {
+      for (size_t i = 0; i < rhs_->size(); ++i) {
+        if ((*rhs_)[i] == '.') {
+          for (int j = 0; j < ellipsis_rank; ++j) out_letters.push_back(kEllipsisBase + j);
+          i += 2;
+        } else {
+          if (!size.count((*rhs_)[i])) return KernelError("output letter not in the inputs");
+          out_letters.push_back((*rhs_)[i]);
+        }
+      }
+    } else {
+      for (int j = 0; j < ellipsis_rank; ++j) out_letters.push_back(kEllipsisBase + j);
+      for (const auto& [l, c] : count) {
+        if (l < kEllipsisBase && c == 1) out_letters.push_back(l);
+      }
+    }
+    std::vector<int> all = out_letters;
+    for (const auto& [l, c] : size) {
+      if (std::find(all.begin(), all.end(), l) == all.end()) all.push_back(l);
+    }
+    const size_t L = all.size();
+    std::vector<int64_t> dims(L);
+    for (size_t i = 0; i < L; ++i) dims[i] = size[all[i]];
+    // strides[k][i]: operand k's element stride for letter all[i].
+    std::vector<std::vector<int64_t>> strides(static_cast<size_t>(n), std::vector<int64_t>(L, 0));
+    for (int k = 0; k < n; ++k) {
+      const Tensor* t = ctx.input(k);
+      int64_t st = 1;
+      for (size_t d = letters[static_cast<size_t>(k)].size(); d-- > 0;) {
+        int l = letters[static_cast<size_t>(k)][d];
+        size_t i = static_cast<size_t>(std::find(all.begin(), all.end(), l) - all.begin());
+        if (t->dim(static_cast<int>(d)) != 1) strides[static_cast<size_t>(k)][i] += st;
+        st *= t->dim(static_cast<int>(d));
+      }
+    }
+    Shape out_shape(dims.begin(), dims.begin() + static_cast<long>(out_letters.size()));
+    int64_t out_total = NumElements(out_shape);
+    int64_t sum_total = 1;
+    for (size_t i = out_letters.size(); i < L; ++i) sum_total *= dims[i];
+    ctx.output(0) = Tensor(type, out_shape);
+    return DispatchNumeric(type, [&](auto tag) -> Status {
+      using T = typename decltype(tag)::type;
+      using Acc = std::conditional_t<std::is_floating_point_v<T>, double, T>;
+      T* y = ctx.output(0).data<T>();
+      std::vector<const T*> ptr(static_cast<size_t>(n));
+      std::vector<int64_t> pos(L, 0);
+      for (int64_t o = 0; o < out_total; ++o) {
+        Acc acc = 0;
+        std::fill(pos.begin() + static_cast<long>(out_letters.size()), pos.end(), 0);
+        for (int64_t s = 0; s < sum_total; ++s) {
+          Acc prod = 1;
+          for (int k = 0; k < n; ++k) {
+            int64_t off = 0;
+            for (size_t i = 0; i < L; ++i) off += pos[i] * strides[static_cast<size_t>(k)][i];
+            prod = static_cast<Acc>(prod * static_cast<Acc>(ctx.input(k)->data<T>()[off]));
+          }
+          acc = static_cast<Acc>(acc + prod);
+          for (size_t i = L; i-- > out_letters.size();) {
+            if (++pos[i] < dims[i]) break;
+            pos[i] = 0;
+          }
+        }
+        y[o] = static_cast<T>(acc);
+        for (size_t i = out_letters.size(); i-- > 0;) {
+          if (++pos[i] < dims[i]) break;
+          pos[i] = 0;
+        }
+      }
+      return Status::Ok();
+    });
+  }
+
+ private:
+  std::vector<std::string> terms_;
+  std::optional<std::string> rhs_;
+};
+
 void RegisterAll(KernelRegistry& registry) {
   struct Op {
     const char* name;
@@ -335,6 +509,9 @@ void RegisterAll(KernelRegistry& registry) {
                                       init.attributes.Int("noop_with_empty_axes", 0) != 0);
     });
   }
+  registry.Register("", "Einsum", 12, kLatestOpset, [](const KernelInit& init) -> StatusOr<std::unique_ptr<Kernel>> {
+    return EinsumKernel::Make(init.attributes.String("equation", ""));
+  });
   registry.Register("", "TopK", 1, 9, [](const KernelInit& init) {
     return MakeKernel<TopKKernel>(init.attributes.Int("k", 0), init.attributes.Int("axis", -1), true);
   });
