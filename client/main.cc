@@ -365,8 +365,13 @@ int BenchModel(const Args& args) {
 
 int main(int argc, char** argv) {
   // oneDNN's OpenMP threads spin while idle and starve the executor's own
-  // thread pool on small machines; passive waiting keeps them out of the way.
-  ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  // thread pool on small machines; passive waiting keeps them out of the
+  // way. The OpenMP runtime reads the setting when it loads, before main(),
+  // so the process re-executes itself once with it set.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+    ::execv("/proc/self/exe", argv);  // on failure, carry on as we are
+  }
   std::string server = std::getenv("QUANTD_SERVER") ? std::getenv("QUANTD_SERVER") : "127.0.0.1:50051";
   int i = 1;
   while (i < argc && std::string(argv[i]).rfind("--", 0) == 0) {

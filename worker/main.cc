@@ -35,8 +35,13 @@ constexpr const char* kUsage = R"(usage: quantd-worker --server ADDR [flags]
 
 int main(int argc, char** argv) {
   // oneDNN's OpenMP threads spin while idle and starve the executor's own
-  // thread pool on small machines; passive waiting keeps them out of the way.
-  ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  // thread pool on small machines; passive waiting keeps them out of the
+  // way. The OpenMP runtime reads the setting when it loads, before main(),
+  // so the process re-executes itself once with it set.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+    ::execv("/proc/self/exe", argv);  // on failure, carry on as we are
+  }
   std::signal(SIGPIPE, SIG_IGN);
   quantd::worker::AgentOptions options;
   char host[256] = "worker";
