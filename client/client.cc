@@ -15,8 +15,12 @@ namespace {
 constexpr size_t kChunkBytes = 1 << 20;
 constexpr int kMaxReconnects = 30;
 
+// This client never cancels its own calls, so CANCELLED comes from the
+// server's side: a server that is shutting down cancels the calls that
+// reach it while it stops. Like UNAVAILABLE, it is worth a retry.
 bool Retryable(const Status& status) {
-  return status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kDeadlineExceeded;
+  return status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kDeadlineExceeded ||
+         status.code() == StatusCode::kCancelled;
 }
 
 }  // namespace
@@ -146,9 +150,12 @@ StatusOr<v1::Job> QuantClient::Watch(const std::string& job_id, int64_t after_se
     }
     auto status = FromGrpcStatus(reader->Finish());
     if (status.ok()) {
-      QUANTD_ASSIGN_OR_RETURN(auto job, Get(job_id));
-      if (IsTerminal(job.state())) return job;
-      continue;
+      // The stream ended because the job did; a server going away before
+      // it can confirm that is one more reconnect, not a failed watch.
+      auto job = Get(job_id);
+      if (job.ok() && IsTerminal(job->state())) return job;
+      if (job.ok()) continue;
+      status = job.status();
     }
     if (!Retryable(status) || ++failures > kMaxReconnects) return status;
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min(200 * failures, 2000)));

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <algorithm>
 #include <cctype>
+#include <limits>
 
 #include "common/config/quant_config.h"
 #include "common/ids.h"
@@ -413,8 +414,13 @@ grpc::Status WorkerServiceImpl::CompleteJob(grpc::ServerContext* context, const 
 
 grpc::Status WorkerServiceImpl::FailJob(grpc::ServerContext* context, const v1::FailJobRequest* request,
                                         v1::Empty* response) {
+  // A worker that is being stopped (a drain, a rolling restart) hands its
+  // job back. That says nothing about the job, so it must not spend the
+  // job's last attempt and fail it with "goes back to the queue".
+  bool handed_back = request->retryable() && request->reason() == "WORKER_SHUTDOWN";
   auto job = ctx_.store.Fail(request->job_id(), request->lease_id(), request->reason(), request->message(),
-                             request->retryable(), ctx_.config.max_attempts);
+                             request->retryable(),
+                             handed_back ? std::numeric_limits<int>::max() : ctx_.config.max_attempts);
   if (!job.ok()) return Fail(job.status());
   if (IsTerminal(job->state())) ctx_.metrics.JobFinished(*job);
   ctx_.hub.Notify();

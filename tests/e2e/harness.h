@@ -2,8 +2,11 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,12 +30,15 @@ CommandResult RunCommand(const std::vector<std::string>& argv);
 nlohmann::json RunOrt(const std::vector<std::string>& args);
 
 // A real quantd process with its real local worker processes, on a free
-// loopback port and a private data dir.
+// loopback port and a private data dir. Workers get a private TMPDIR under
+// the same root, so scratch files of killed workers go away with the test.
 class QuantdProcess {
  public:
   struct Options {
     int local_workers = 2;
     std::vector<std::string> yaml_lines;  // extra quantd.yaml settings
+    std::vector<std::string> extra_flags;  // e.g. {"--shutdown-grace-seconds", "20"}
+    int port = 0;  // 0: quantd picks a free one
   };
   explicit QuantdProcess(Options options);
   ~QuantdProcess();
@@ -45,12 +51,40 @@ class QuantdProcess {
   pid_t pid() const { return pid_; }
   // Sends SIGTERM and waits; returns the exit status.
   int Stop();
+  // Sends `signal` and waits up to `timeout` for the exit; returns its status
+  // (signals as 128 + number), or nullopt if it is still running.
+  std::optional<int> SignalAndWait(int signal, std::chrono::milliseconds timeout);
+  // SIGKILL, then waits (up to 15 s) until the worker processes it leaves
+  // behind are gone too, so a later Restart() starts from a quiet machine;
+  // throws if one outlives that.
+  int Kill();
+  // Starts quantd again on the same data dir and the same gRPC port, so
+  // clients of the previous run can reconnect. Only after it has exited.
+  void Restart();
+
+  // The live local worker processes (children of quantd).
+  std::vector<pid_t> WorkerPids() const;
+  // The worker process started with --worker-id `worker_id`, or -1.
+  pid_t WorkerPid(const std::string& worker_id) const;
 
  private:
+  void Start();
+
+  Options options_;
   std::filesystem::path root_, data_dir_;
   std::string address_, metrics_address_;
   pid_t pid_ = -1;
 };
+
+// Whether a process exists and has not exited (zombies count as exited).
+bool ProcessAlive(pid_t pid);
+
+// Resident memory of a process in KiB (VmRSS), or -1 if it is gone.
+int64_t ResidentKib(pid_t pid);
+
+// A chain of `layers` MatMuls with `width` x `width` float weights: a model
+// whose weight quantization takes long enough to interrupt.
+std::filesystem::path WriteMatMulChainModel(const std::filesystem::path& dir, int layers, int width);
 
 // Writes `count` Fashion-MNIST images (28x28 gray PNG, from the train or
 // test split of Debian's dataset-fashion-mnist) starting at `offset`.
