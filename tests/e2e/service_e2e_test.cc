@@ -355,6 +355,25 @@ TEST_F(FullQuantServiceTest, MaxMinKeepsAccuracyAndOnnxRuntimeFusesIntegerKernel
       << "ONNX Runtime did not fuse the QDQ convolutions into integer kernels";
 }
 
+TEST_F(FullQuantServiceTest, DynamicQuantizationOfTheTransformerKeepsAccuracyAndShrinksIt) {
+  auto transformer = SourceDir() / "models" / "transformer_fashion.onnx";
+  auto run = RunCommand({(BinDir() / "quantctl").string(), "--server", server_->address(), "submit", "--model",
+                         transformer.string(), "--config", (SourceDir() / "configs" / "dynamic_quant.yaml").string(),
+                         "--wait", "--out", (out_ / "dynamic").string()});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto model = out_ / "dynamic" / "model.onnx";
+  auto optimized = out_ / "optimized.onnx";
+  auto ort = RunOrt({"eval", "--model", model.string(), "--reference", transformer.string(), "--count", "10000",
+                     "--optimized-model-path", optimized.string()});
+  double fp32 = ort["reference_accuracy"], int8 = ort["accuracy"];
+  EXPECT_LE(std::abs(fp32 - int8), 0.005) << "fp32 " << fp32 << " vs dynamic " << int8;
+  EXPECT_LT(std::filesystem::file_size(model), std::filesystem::file_size(transformer) * 2 / 5);
+  auto ops = ModelOpTypes(optimized);
+  auto integer_kernels = std::count(ops.begin(), ops.end(), "DynamicQuantizeMatMul") +
+                         std::count(ops.begin(), ops.end(), "MatMulIntegerToFloat");
+  EXPECT_GT(integer_kernels, 0) << "ONNX Runtime must run the quantized MatMuls with integer kernels";
+}
+
 TEST_F(FullQuantServiceTest, HostileCalibrationArchiveFailsTheJobWithAClearReason) {
   auto calib = out_ / "calib";
   WriteFashionMnistImages(calib, 4, 0, true);

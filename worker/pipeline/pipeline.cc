@@ -11,6 +11,7 @@
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/model_io.h"
 #include "worker/pipeline/calibrate.h"
+#include "worker/quant/dynamic_quant.h"
 #include "worker/quant/full_quant.h"
 #include "worker/quant/weight_quant.h"
 
@@ -290,10 +291,24 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
           return Status::Ok();
         }
         case config::QuantType::kFullQuant: return Status::Ok();  // runs in its own stages below
-        case config::QuantType::kDynamicQuant:
-          return Unimplemented("MODE_NOT_AVAILABLE",
-                               config::ToString(config.common.quant_type) +
-                                   " is not available in this version; use WEIGHT_QUANT or FULL_QUANT");
+        case config::QuantType::kDynamicQuant: {
+          DynamicQuantOptions options;
+          options.skip_quant_node.insert(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
+          options.min_quant_weight_size = config.common.min_quant_weight_size;
+          QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeDynamic(model, options));
+          observer.OnLog(LogLevel::kInfo, "dynamic quantization: " + std::to_string(report.quantized_nodes.size()) +
+                                              " MatMul/Gemm nodes quantized, " + std::to_string(report.skipped.size()) +
+                                              " kept in float");
+          nlohmann::json skipped = nlohmann::json::array();
+          for (const auto& node : report.skipped) {
+            skipped.push_back({{"node", node.node_name}, {"node_type", node.node_type}, {"reason", node.reason}});
+          }
+          mode_report = {{"quantized_nodes", report.quantized_nodes},
+                         {"skipped", skipped},
+                         {"float_weight_bytes", report.float_weight_bytes},
+                         {"quantized_weight_bytes", report.quantized_weight_bytes}};
+          return Status::Ok();
+        }
       }
       return Internal("UNREACHABLE", "unknown quant_type");
     }));
@@ -333,7 +348,10 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
       {"compression_ratio",
        output_bytes > 0 ? static_cast<double>(input_bytes) / static_cast<double>(output_bytes) : 0.0},
       {"timings", timings},
-      {config.common.quant_type == config::QuantType::kFullQuant ? "full_quant" : "weights", mode_report},
+      {config.common.quant_type == config::QuantType::kFullQuant      ? "full_quant"
+       : config.common.quant_type == config::QuantType::kDynamicQuant ? "dynamic_quant"
+                                                                      : "weights",
+       mode_report},
       {"storage_note", storage_note},
   };
   auto summary_path = request.out_dir / "summary.json";

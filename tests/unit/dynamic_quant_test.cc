@@ -1,0 +1,667 @@
+// Dynamic quantization of MatMul/Gemm: the emitted operator chain, the
+// stored weights against hand-computed values, Gemm's attributes, sharing,
+// skip reasons, opset handling, and a reference evaluation of the rewritten
+// graph against the float result.
+#include "worker/quant/dynamic_quant.h"
+
+#include <gtest/gtest.h>
+#include <onnx/checker.h>
+#include <onnx/defs/schema.h>
+#include <onnx/shape_inference/implementation.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "worker/onnx/graph_view.h"
+#include "worker/onnx/tensor_util.h"
+
+namespace quantd {
+namespace {
+
+using ::onnx::ModelProto;
+using ::onnx::NodeProto;
+using ::onnx::TensorProto;
+
+// ---- building small models ------------------------------------------------
+
+class ModelBuilder {
+ public:
+  explicit ModelBuilder(int opset) {
+    model_.set_ir_version(8);
+    model_.add_opset_import()->set_version(opset);
+    model_.mutable_graph()->set_name("g");
+  }
+
+  ModelBuilder& Input(const std::string& name, std::vector<int64_t> dims) {
+    Describe(model_.mutable_graph()->add_input(), name, dims);
+    return *this;
+  }
+  ModelBuilder& Output(const std::string& name, std::vector<int64_t> dims) {
+    Describe(model_.mutable_graph()->add_output(), name, dims);
+    return *this;
+  }
+  ModelBuilder& Weight(const std::string& name, std::vector<int64_t> dims, std::vector<float> values) {
+    *model_.mutable_graph()->add_initializer() = MakeFloatTensor(name, dims, values);
+    return *this;
+  }
+  // Deterministic values in roughly [-scale, scale].
+  ModelBuilder& Weight(const std::string& name, std::vector<int64_t> dims, float scale, int seed) {
+    int64_t count = 1;
+    for (int64_t d : dims) count *= d;
+    std::vector<float> values(static_cast<size_t>(count));
+    for (size_t i = 0; i < values.size(); ++i) {
+      values[i] = scale * static_cast<float>(std::sin(0.37 * static_cast<double>(i) + seed) *
+                                             std::cos(1.3 * static_cast<double>(i * i % 17)));
+    }
+    return Weight(name, dims, values);
+  }
+  NodeProto& Node(const std::string& op, const std::string& name, std::vector<std::string> inputs,
+                  std::vector<std::string> outputs) {
+    NodeProto& node = *model_.mutable_graph()->add_node();
+    node.set_op_type(op);
+    node.set_name(name);
+    for (auto& input : inputs) node.add_input(input);
+    for (auto& output : outputs) node.add_output(output);
+    return node;
+  }
+  ModelProto& model() { return model_; }
+
+  static void Describe(onnx::ValueInfoProto* value, const std::string& name, const std::vector<int64_t>& dims) {
+    value->set_name(name);
+    auto* type = value->mutable_type()->mutable_tensor_type();
+    type->set_elem_type(onnx_type::kFloat);
+    for (int64_t d : dims) type->mutable_shape()->add_dim()->set_dim_value(d);
+  }
+
+ private:
+  ModelProto model_;
+};
+
+void SetInt(NodeProto& node, const std::string& name, int64_t value) {
+  auto* attribute = node.add_attribute();
+  attribute->set_name(name);
+  attribute->set_type(onnx::AttributeProto::INT);
+  attribute->set_i(value);
+}
+
+void SetFloat(NodeProto& node, const std::string& name, float value) {
+  auto* attribute = node.add_attribute();
+  attribute->set_name(name);
+  attribute->set_type(onnx::AttributeProto::FLOAT);
+  attribute->set_f(value);
+}
+
+// ---- looking at the result ------------------------------------------------
+
+const NodeProto* Producer(const ModelProto& model, const std::string& tensor) {
+  for (const auto& node : model.graph().node()) {
+    for (const auto& output : node.output()) {
+      if (output == tensor) return &node;
+    }
+  }
+  return nullptr;
+}
+
+const TensorProto* Init(const ModelProto& model, const std::string& name) {
+  for (const auto& tensor : model.graph().initializer()) {
+    if (tensor.name() == name) return &tensor;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> OpTypes(const ModelProto& model) {
+  std::vector<std::string> ops;
+  for (const auto& node : model.graph().node()) ops.push_back(node.op_type());
+  return ops;
+}
+
+int Count(const ModelProto& model, const std::string& op) {
+  int n = 0;
+  for (const auto& node : model.graph().node()) n += node.op_type() == op;
+  return n;
+}
+
+std::vector<uint8_t> Bytes(const TensorProto& tensor) {
+  EXPECT_EQ(tensor.data_type(), onnx_type::kUint8);
+  return {tensor.raw_data().begin(), tensor.raw_data().end()};
+}
+
+std::vector<float> Floats(const TensorProto& tensor) {
+  auto values = ReadFloatTensor(tensor);
+  EXPECT_TRUE(values.ok()) << tensor.name();
+  return values.ok() ? *values : std::vector<float>{};
+}
+
+std::vector<int64_t> Dims(const TensorProto& tensor) {
+  return {tensor.dims().begin(), tensor.dims().end()};
+}
+
+// Every input is a graph input, an initializer or an earlier node's output.
+void ExpectTopological(const ModelProto& model) {
+  std::set<std::string> known;
+  for (const auto& input : model.graph().input()) known.insert(input.name());
+  for (const auto& tensor : model.graph().initializer()) known.insert(tensor.name());
+  for (const auto& node : model.graph().node()) {
+    for (const auto& input : node.input()) {
+      EXPECT_TRUE(input.empty() || known.count(input)) << node.name() << " reads " << input << " before it exists";
+    }
+    for (const auto& output : node.output()) known.insert(output);
+  }
+}
+
+void ExpectOnnxValid(const ModelProto& model) {
+  ModelProto copy = model;
+  EXPECT_NO_THROW(onnx::checker::check_model(copy));
+  EXPECT_NO_THROW(onnx::shape_inference::InferShapes(copy, onnx::OpSchemaRegistry::Instance(),
+                                                     onnx::ShapeInferenceOptions(true, 1, false)));
+}
+
+// ---- a reference evaluator for the operators involved ---------------------
+//
+// Written from the ONNX operator definitions, not from the pass: enough of
+// MatMul, Gemm, DynamicQuantizeLinear, MatMulInteger, Cast, Mul and Add to
+// run the small models below in double precision.
+
+struct Value {
+  std::vector<int64_t> dims;
+  std::vector<double> data;
+};
+
+int64_t Size(const std::vector<int64_t>& dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
+// A (any rank >= 1, last dim K) times a 2-D B [K, N], minus zero points.
+Value MatMulRef(const Value& a, const Value& b, double a_zero = 0, double b_zero = 0) {
+  const int64_t k = b.dims[0], n = b.dims[1], rows = Size(a.dims) / k;
+  Value out;
+  out.dims = a.dims;
+  out.dims.back() = n;
+  out.data.assign(static_cast<size_t>(rows * n), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < n; ++c) {
+      double sum = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        sum += (a.data[static_cast<size_t>(r * k + i)] - a_zero) * (b.data[static_cast<size_t>(i * n + c)] - b_zero);
+      }
+      out.data[static_cast<size_t>(r * n + c)] = sum;
+    }
+  }
+  return out;
+}
+
+// Elementwise with numpy broadcasting of the trailing dimensions.
+Value Broadcast(const Value& x, const Value& y, const std::function<double(double, double)>& f) {
+  const Value& big = Size(x.dims) >= Size(y.dims) ? x : y;
+  Value out{big.dims, std::vector<double>(big.data.size())};
+  const size_t nx = x.data.size(), ny = y.data.size();
+  for (size_t i = 0; i < out.data.size(); ++i) out.data[i] = f(x.data[i % nx], y.data[i % ny]);
+  return out;
+}
+
+double RoundEven(double v) {
+  return std::nearbyint(v);
+}
+
+std::map<std::string, Value> Evaluate(const ModelProto& model, std::map<std::string, Value> values) {
+  for (const auto& tensor : model.graph().initializer()) {
+    Value v;
+    v.dims = Dims(tensor);
+    if (tensor.data_type() == onnx_type::kFloat) {
+      for (float f : Floats(tensor)) v.data.push_back(f);
+    } else if (tensor.data_type() == onnx_type::kUint8) {
+      for (uint8_t b : Bytes(tensor)) v.data.push_back(b);
+    } else {
+      ADD_FAILURE() << "unexpected initializer type " << tensor.data_type();
+    }
+    values[tensor.name()] = v;
+  }
+  auto in = [&](const NodeProto& node, int i) -> const Value& { return values.at(node.input(i)); };
+  for (const auto& node : model.graph().node()) {
+    const std::string& op = node.op_type();
+    if (op == "MatMul") {
+      values[node.output(0)] = MatMulRef(in(node, 0), in(node, 1));
+    } else if (op == "DynamicQuantizeLinear") {
+      const Value& x = in(node, 0);
+      double lo = 0, hi = 0;
+      for (double v : x.data) {
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+      const double scale = (hi - lo) / 255.0;
+      const double zero = std::clamp(RoundEven(-lo / scale), 0.0, 255.0);
+      Value q{x.dims, {}};
+      for (double v : x.data) q.data.push_back(std::clamp(RoundEven(v / scale) + zero, 0.0, 255.0));
+      values[node.output(0)] = q;
+      values[node.output(1)] = Value{{}, {scale}};
+      values[node.output(2)] = Value{{}, {zero}};
+    } else if (op == "MatMulInteger") {
+      values[node.output(0)] = MatMulRef(in(node, 0), in(node, 1), in(node, 2).data.at(0), in(node, 3).data.at(0));
+    } else if (op == "Cast") {
+      values[node.output(0)] = in(node, 0);
+    } else if (op == "Mul") {
+      values[node.output(0)] = Broadcast(in(node, 0), in(node, 1), [](double a, double b) { return a * b; });
+    } else if (op == "Add") {
+      values[node.output(0)] = Broadcast(in(node, 0), in(node, 1), [](double a, double b) { return a + b; });
+    } else if (op == "Gemm") {
+      double alpha = 1, beta = 1;
+      bool trans_b = false;
+      for (const auto& a : node.attribute()) {
+        if (a.name() == "alpha") alpha = a.f();
+        if (a.name() == "beta") beta = a.f();
+        if (a.name() == "transB") trans_b = a.i() != 0;
+      }
+      Value b = in(node, 1);
+      if (trans_b) {
+        Value t{{b.dims[1], b.dims[0]}, std::vector<double>(b.data.size())};
+        for (int64_t r = 0; r < b.dims[0]; ++r) {
+          for (int64_t c = 0; c < b.dims[1]; ++c)
+            t.data[static_cast<size_t>(c * b.dims[0] + r)] = b.data[static_cast<size_t>(r * b.dims[1] + c)];
+        }
+        b = t;
+      }
+      Value y = MatMulRef(in(node, 0), b);
+      for (double& v : y.data) v *= alpha;
+      if (node.input_size() > 2 && !node.input(2).empty()) {
+        y = Broadcast(y, in(node, 2), [beta](double a, double c) { return a + beta * c; });
+      }
+      values[node.output(0)] = y;
+    } else {
+      ADD_FAILURE() << "the reference evaluator has no " << op;
+    }
+  }
+  return values;
+}
+
+Value Ramp(std::vector<int64_t> dims, double lo, double hi) {
+  Value v{dims, std::vector<double>(static_cast<size_t>(Size(dims)))};
+  for (size_t i = 0; i < v.data.size(); ++i) {
+    // A permuted ramp so rows differ and the extremes are hit exactly.
+    const size_t j = (i * 7) % v.data.size();
+    v.data[i] = lo + (hi - lo) * static_cast<double>(j) / static_cast<double>(v.data.size() - 1);
+  }
+  return v;
+}
+
+// The rewritten model's output lies within `tolerance` x max|y| of the
+// float model's.
+void ExpectCloseToFloat(const ModelProto& original, const ModelProto& quantized,
+                        const std::map<std::string, Value>& inputs, double tolerance) {
+  auto expected = Evaluate(original, inputs);
+  auto actual = Evaluate(quantized, inputs);
+  for (const auto& output : original.graph().output()) {
+    const Value& e = expected.at(output.name());
+    const Value& a = actual.at(output.name());
+    ASSERT_EQ(a.dims, e.dims) << output.name();
+    double peak = 0, error = 0;
+    for (size_t i = 0; i < e.data.size(); ++i) {
+      peak = std::max(peak, std::fabs(e.data[i]));
+      error = std::max(error, std::fabs(e.data[i] - a.data[i]));
+    }
+    EXPECT_LE(error, tolerance * peak) << output.name() << ": error " << error << " against peak " << peak;
+    EXPECT_GT(error, 0.0) << output.name() << " is bit-exact, so nothing was quantized";
+  }
+}
+
+// ---- tests -----------------------------------------------------------------
+
+TEST(DynamicQuantTest, MatMulBecomesAnIntegerChainWithPerColumnUint8Weights) {
+  // Column 0 peaks at 1.27 (scale 0.01), column 1 at 2.54 (scale 0.02);
+  // the values are exact multiples, so the stored integers are exact.
+  ModelBuilder b(17);
+  b.Input("x", {4, 3}).Output("y", {4, 2}).Weight("W", {3, 2}, {1.27f, 0.0f, -0.5f, 2.54f, 0.25f, -2.54f});
+  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+
+  EXPECT_EQ(OpTypes(model), (std::vector<std::string>{"DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul"}));
+  const NodeProto* dql = &model.graph().node(0);
+  const NodeProto* mmi = &model.graph().node(1);
+  const NodeProto* cast = &model.graph().node(2);
+  const NodeProto* scales_mul = &model.graph().node(3);
+  const NodeProto* out_mul = &model.graph().node(4);
+  EXPECT_EQ(dql->input(0), "x");
+  ASSERT_EQ(dql->output_size(), 3);
+  ASSERT_EQ(mmi->input_size(), 4);
+  EXPECT_EQ(mmi->input(0), dql->output(0));
+  EXPECT_EQ(mmi->input(2), dql->output(2));
+  EXPECT_EQ(cast->input(0), mmi->output(0));
+  ASSERT_EQ(cast->attribute_size(), 1);
+  EXPECT_EQ(cast->attribute(0).name(), "to");
+  EXPECT_EQ(cast->attribute(0).i(), onnx_type::kFloat);
+  EXPECT_EQ(scales_mul->input(0), dql->output(1));
+  EXPECT_EQ(out_mul->input(0), cast->output(0));
+  EXPECT_EQ(out_mul->input(1), scales_mul->output(0));
+  EXPECT_EQ(out_mul->output(0), "y") << "the output keeps its name";
+
+  const TensorProto* weight = Init(model, mmi->input(1));
+  ASSERT_NE(weight, nullptr);
+  EXPECT_EQ(Dims(*weight), (std::vector<int64_t>{3, 2}));
+  // q = round(w / scale) + 128, row-major [K, N].
+  EXPECT_EQ(Bytes(*weight), (std::vector<uint8_t>{255, 128, 78, 255, 153, 1}));
+  const TensorProto* zero_point = Init(model, mmi->input(3));
+  ASSERT_NE(zero_point, nullptr);
+  EXPECT_EQ(Dims(*zero_point), std::vector<int64_t>{}) << "one scalar zero point";
+  EXPECT_EQ(Bytes(*zero_point), std::vector<uint8_t>{128});
+  const TensorProto* scale = Init(model, scales_mul->input(1));
+  ASSERT_NE(scale, nullptr);
+  const auto scale_values = Floats(*scale);
+  ASSERT_EQ(scale_values.size(), 2u);
+  EXPECT_FLOAT_EQ(scale_values[0], 1.27f / 127.0f);
+  EXPECT_FLOAT_EQ(scale_values[1], 2.54f / 127.0f);
+
+  EXPECT_EQ(Init(model, "W"), nullptr) << "the float weight is dropped";
+  EXPECT_EQ(report->quantized_nodes, std::vector<std::string>{"mm"});
+  EXPECT_TRUE(report->skipped.empty());
+  EXPECT_EQ(report->output_opset, 17);
+  EXPECT_EQ(report->float_weight_bytes, 6 * 4);
+  EXPECT_EQ(report->quantized_weight_bytes, 6 + 2 * 4 + 1);
+  ExpectTopological(model);
+  ExpectOnnxValid(model);
+}
+
+TEST(DynamicQuantTest, BatchedActivationsMatchTheFloatResult) {
+  ModelBuilder b(17);
+  b.Input("x", {2, 5, 16}).Output("z", {2, 5, 12}).Weight("W", {16, 12}, 0.8f, 1).Weight("bias", {12}, 0.3f, 2);
+  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  b.Node("Add", "add", {"bias", "y"}, {"z"});
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  EXPECT_EQ(model.graph().node(model.graph().node_size() - 1).op_type(), "Add") << "the model's own Add is kept";
+  ExpectCloseToFloat(original, model, {{"x", Ramp({2, 5, 16}, -2.0, 3.0)}}, 0.02);
+  ExpectOnnxValid(model);
+}
+
+TEST(DynamicQuantTest, GemmTransposedWeightAlphaAndBetaFoldIntoLayoutScaleAndBias) {
+  // B is [N=2, K=3] with transB; stored as [K, N].
+  ModelBuilder b(13);
+  b.Input("x", {4, 3}).Output("y", {4, 2}).Weight("W", {2, 3}, {1.27f, -0.5f, 0.25f, 0.0f, 2.54f, -2.54f});
+  b.Weight("C", {2}, {0.5f, -1.0f});
+  NodeProto& gemm = b.Node("Gemm", "fc", {"x", "W", "C"}, {"y"});
+  SetInt(gemm, "transB", 1);
+  SetFloat(gemm, "alpha", 0.5f);
+  SetFloat(gemm, "beta", 2.0f);
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+
+  EXPECT_EQ(OpTypes(model),
+            (std::vector<std::string>{"DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul", "Add"}));
+  const NodeProto* mmi = Producer(model, model.graph().node(2).input(0));
+  ASSERT_NE(mmi, nullptr);
+  const TensorProto* weight = Init(model, mmi->input(1));
+  ASSERT_NE(weight, nullptr);
+  EXPECT_EQ(Dims(*weight), (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(Bytes(*weight), (std::vector<uint8_t>{255, 128, 78, 255, 153, 1}));
+  const auto scale = Floats(*Init(model, model.graph().node(3).input(1)));
+  ASSERT_EQ(scale.size(), 2u);
+  EXPECT_FLOAT_EQ(scale[0], 0.5f * (1.27f / 127.0f)) << "alpha is folded in";
+  EXPECT_FLOAT_EQ(scale[1], 0.5f * (2.54f / 127.0f));
+  const NodeProto& add = model.graph().node(5);
+  EXPECT_EQ(add.input(0), model.graph().node(4).output(0));
+  EXPECT_EQ(add.output(0), "y");
+  const auto bias = Floats(*Init(model, add.input(1)));
+  EXPECT_EQ(bias, (std::vector<float>{1.0f, -2.0f})) << "beta * C";
+  EXPECT_EQ(Init(model, "W"), nullptr);
+  EXPECT_EQ(Init(model, "C"), nullptr) << "C is replaced by beta * C";
+  ExpectCloseToFloat(original, model, {{"x", Ramp({4, 3}, -1.0, 1.5)}}, 0.02);
+  ExpectOnnxValid(model);
+}
+
+TEST(DynamicQuantTest, GemmWithARuntimeCScalesItInTheGraph) {
+  ModelBuilder b(13);
+  b.Input("x", {3, 8}).Input("c", {3, 6}).Output("y", {3, 6}).Weight("W", {8, 6}, 1.0f, 3);
+  NodeProto& gemm = b.Node("Gemm", "fc", {"x", "W", "c"}, {"y"});
+  SetFloat(gemm, "beta", 0.75f);
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  const NodeProto* add = Producer(model, "y");
+  ASSERT_NE(add, nullptr);
+  ASSERT_EQ(add->op_type(), "Add");
+  const NodeProto* scaled_c = Producer(model, add->input(1));
+  ASSERT_NE(scaled_c, nullptr);
+  EXPECT_EQ(scaled_c->op_type(), "Mul");
+  EXPECT_EQ(scaled_c->input(0), "c");
+  EXPECT_EQ(Floats(*Init(model, scaled_c->input(1))), std::vector<float>{0.75f});
+  ExpectTopological(model);
+  ExpectCloseToFloat(original, model, {{"x", Ramp({3, 8}, -1.0, 1.0)}, {"c", Ramp({3, 6}, -4.0, 2.0)}}, 0.02);
+  ExpectOnnxValid(model);
+}
+
+TEST(DynamicQuantTest, GemmWithBetaZeroIgnoresC) {
+  ModelBuilder b(13);
+  b.Input("x", {3, 8}).Output("y", {3, 6}).Weight("W", {8, 6}, 1.0f, 4).Weight("C", {6}, 1.0f, 5);
+  SetFloat(b.Node("Gemm", "fc", {"x", "W", "C"}, {"y"}), "beta", 0.0f);
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  EXPECT_EQ(Count(model, "Add"), 0);
+  EXPECT_EQ(Producer(model, "y")->op_type(), "Mul");
+  EXPECT_EQ(Init(model, "C"), nullptr);
+}
+
+TEST(DynamicQuantTest, AnActivationReadByTwoNodesIsQuantizedOnce) {
+  ModelBuilder b(17);
+  b.Input("x", {3, 8})
+      .Output("ya", {3, 4})
+      .Output("yb", {3, 5})
+      .Weight("Wa", {8, 4}, 1.0f, 6)
+      .Weight("Wb", {8, 5}, 1.0f, 7);
+  b.Node("MatMul", "a", {"x", "Wa"}, {"ya"});
+  b.Node("MatMul", "b", {"x", "Wb"}, {"yb"});
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  EXPECT_EQ(Count(model, "DynamicQuantizeLinear"), 1);
+  ASSERT_EQ(Count(model, "MatMulInteger"), 2);
+  std::vector<std::string> activations;
+  for (const auto& node : model.graph().node()) {
+    if (node.op_type() == "MatMulInteger") activations.push_back(node.input(0));
+  }
+  EXPECT_EQ(activations[0], activations[1]);
+  ExpectTopological(model);
+  ExpectCloseToFloat(original, model, {{"x", Ramp({3, 8}, -1.0, 2.0)}}, 0.02);
+}
+
+TEST(DynamicQuantTest, AWeightIsStoredOncePerLayoutItIsReadIn) {
+  // "W" [6, 8]: read plainly by two MatMuls (K=6, N=8) and transposed by a
+  // Gemm (K=8, N=6).
+  ModelBuilder b(17);
+  b.Input("x1", {2, 6}).Input("x2", {3, 6}).Input("x3", {2, 8});
+  b.Output("y1", {2, 8}).Output("y2", {3, 8}).Output("y3", {2, 6}).Weight("W", {6, 8}, 1.0f, 8);
+  b.Node("MatMul", "m1", {"x1", "W"}, {"y1"});
+  b.Node("MatMul", "m2", {"x2", "W"}, {"y2"});
+  SetInt(b.Node("Gemm", "g", {"x3", "W"}, {"y3"}), "transB", 1);
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok());
+  std::vector<std::string> weights;
+  for (const auto& node : model.graph().node()) {
+    if (node.op_type() == "MatMulInteger") weights.push_back(node.input(1));
+  }
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_EQ(weights[0], weights[1]);
+  EXPECT_NE(weights[0], weights[2]);
+  EXPECT_EQ(Dims(*Init(model, weights[0])), (std::vector<int64_t>{6, 8}));
+  EXPECT_EQ(Dims(*Init(model, weights[2])), (std::vector<int64_t>{8, 6}));
+  EXPECT_EQ(Init(model, "W"), nullptr);
+  EXPECT_EQ(report->float_weight_bytes, 2 * 48 * 4) << "counted once per stored layout";
+  EXPECT_EQ(report->quantized_weight_bytes, 2 * 48 + 8 * 4 + 6 * 4 + 1);
+  ExpectCloseToFloat(original, model,
+                     {{"x1", Ramp({2, 6}, -1.0, 1.0)}, {"x2", Ramp({3, 6}, 0.0, 1.0)}, {"x3", Ramp({2, 8}, -3.0, 1.0)}},
+                     0.02);
+}
+
+TEST(DynamicQuantTest, SkippedNodesSayWhyAndLeaveTheModelAlone) {
+  ModelBuilder b(17);
+  b.Input("x", {2, 8}).Input("k", {8, 3}).Input("x3", {2, 8});
+  b.Weight("W_skip", {8, 4}, 1.0f, 9).Weight("W_small", {8, 2}, 1.0f, 10).Weight("W_rank3", {2, 8, 4}, 1.0f, 11);
+  b.Weight("W_nan", {8, 4},
+           {std::numeric_limits<float>::quiet_NaN(),
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9,
+            10,
+            11,
+            12,
+            13,
+            14,
+            15,
+            16,
+            17,
+            18,
+            19,
+            20,
+            21,
+            22,
+            23,
+            24,
+            25,
+            26,
+            27,
+            28,
+            29,
+            30,
+            31});
+  b.Weight("W_a", {2, 9}, 1.0f, 12);
+  *b.model().mutable_graph()->add_initializer() =
+      MakeRawTensor("W_half", onnx_type::kFloat16, std::vector<int64_t>{8, 4}, std::string(64, '\0'));
+  b.Node("MatMul", "skipped", {"x", "W_skip"}, {"y1"});
+  b.Node("MatMul", "small", {"x", "W_small"}, {"y2"});
+  b.Node("MatMul", "activations", {"x", "k"}, {"y3"});
+  b.Node("MatMul", "rank3", {"x3", "W_rank3"}, {"y4"});
+  b.Node("MatMul", "nan", {"x", "W_nan"}, {"y5"});
+  SetInt(b.Node("Gemm", "trans_a", {"x", "W_a"}, {"y6"}), "transA", 1);
+  b.Node("MatMul", "half", {"x", "W_half"}, {"y7"});
+  b.Output("y1", {2, 4}).Output("y2", {2, 2}).Output("y3", {2, 3}).Output("y4", {2, 2, 4});
+  b.Output("y5", {2, 4}).Output("y6", {8, 9}).Output("y7", {2, 4});
+  ModelProto& model = b.model();
+  const std::string before = model.SerializeAsString();
+  DynamicQuantOptions options;
+  options.skip_quant_node = {"skipped"};
+  options.min_quant_weight_size = 16;
+  auto report = QuantizeDynamic(model, options);
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_TRUE(report->quantized_nodes.empty());
+  std::map<std::string, std::string> reasons;
+  for (const auto& skipped : report->skipped) reasons[skipped.node_name] = skipped.reason;
+  EXPECT_EQ(reasons["skipped"], "in skip_quant_node");
+  EXPECT_EQ(reasons["small"], "16 weight elements ≤ min_quant_weight_size 16");
+  EXPECT_EQ(reasons["activations"], "second input is not a constant initializer");
+  EXPECT_EQ(reasons["rank3"], "weight has rank 3, only rank 2 is quantized");
+  EXPECT_EQ(reasons["nan"], "weight contains NaN or infinity");
+  EXPECT_EQ(reasons["trans_a"], "transA = 1 is not supported");
+  EXPECT_EQ(reasons["half"], "weight dtype is FLOAT16, only FLOAT is quantized");
+  EXPECT_EQ(report->skipped.size(), 7u);
+  EXPECT_EQ(report->skipped[0].node_type, "MatMul");
+  EXPECT_EQ(model.SerializeAsString(), before) << "nothing quantized, nothing changed";
+  EXPECT_EQ(report->float_weight_bytes, 0);
+}
+
+TEST(DynamicQuantTest, AWeightStillReadElsewhereIsKept) {
+  ModelBuilder b(17);
+  b.Input("x", {2, 8}).Output("y1", {2, 4}).Output("y2", {2, 4}).Weight("W", {8, 4}, 1.0f, 13);
+  b.Node("MatMul", "quantized", {"x", "W"}, {"y1"});
+  b.Node("MatMul", "float", {"x", "W"}, {"y2"});
+  ModelProto& model = b.model();
+  DynamicQuantOptions options;
+  options.skip_quant_node = {"float"};
+  ASSERT_TRUE(QuantizeDynamic(model, options).ok());
+  EXPECT_NE(Init(model, "W"), nullptr);
+  EXPECT_EQ(Producer(model, "y2")->input(1), "W");
+  EXPECT_EQ(Producer(model, "y1")->op_type(), "Mul");
+}
+
+TEST(DynamicQuantTest, DroppedWeightsLeaveGraphInputsAndValueInfo) {
+  // Models from IR < 4 also list initializers as graph inputs.
+  ModelBuilder b(17);
+  b.Input("x", {2, 8}).Input("W", {8, 4}).Output("y", {2, 4}).Weight("W", {8, 4}, 1.0f, 14);
+  ModelBuilder::Describe(b.model().mutable_graph()->add_value_info(), "W", {8, 4});
+  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_EQ(model.graph().input_size(), 1);
+  EXPECT_EQ(model.graph().input(0).name(), "x");
+  EXPECT_EQ(model.graph().value_info_size(), 0);
+}
+
+TEST(DynamicQuantTest, NewNamesAvoidExistingOnes) {
+  ModelBuilder b(17);
+  b.Input("x", {2, 8}).Output("y", {2, 4}).Output("x_quantized", {2, 8}).Weight("W", {8, 4}, 1.0f, 15);
+  b.Weight("W_quantized", {1}, {0.0f});
+  b.Node("Relu", "r", {"x"}, {"x_quantized"});
+  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  const NodeProto* mmi = nullptr;
+  for (const auto& node : model.graph().node()) {
+    if (node.op_type() == "MatMulInteger") mmi = &node;
+  }
+  ASSERT_NE(mmi, nullptr);
+  EXPECT_NE(mmi->input(0), "x_quantized");
+  EXPECT_NE(mmi->input(1), "W_quantized");
+  EXPECT_EQ(Init(model, mmi->input(1))->data_type(), onnx_type::kUint8);
+  EXPECT_EQ(Init(model, "W_quantized")->data_type(), onnx_type::kFloat) << "the existing tensor is untouched";
+  ExpectTopological(model);
+}
+
+TEST(DynamicQuantTest, OpsetEleven) {
+  ModelBuilder b(11);
+  b.Input("x", {2, 8}).Output("y", {2, 4}).Weight("W", {8, 4}, 1.0f, 16);
+  b.Node("Gemm", "g", {"x", "W"}, {"y"});
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->output_opset, 11) << "DynamicQuantizeLinear exists from 11 on";
+  EXPECT_EQ(model.opset_import(0).version(), 11);
+  ExpectOnnxValid(model);
+}
+
+TEST(DynamicQuantTest, BelowOpsetElevenIsRefusedOnlyWhenSomethingWouldBeQuantized) {
+  ModelBuilder quantizable(10);
+  quantizable.Input("x", {2, 8}).Output("y", {2, 4}).Weight("W", {8, 4}, 1.0f, 17);
+  quantizable.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  auto refused = QuantizeDynamic(quantizable.model(), {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("DynamicQuantizeLinear needs opset 11"), std::string::npos)
+      << refused.status().message();
+
+  ModelBuilder nothing(10);
+  nothing.Input("x", {2, 8}).Input("k", {8, 4}).Output("y", {2, 4});
+  nothing.Node("MatMul", "mm", {"x", "k"}, {"y"});
+  auto report = QuantizeDynamic(nothing.model(), {});
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->output_opset, 10);
+}
+
+TEST(DynamicQuantTest, RefusesAModelWithoutGraphOrOpset) {
+  ModelProto empty;
+  EXPECT_FALSE(QuantizeDynamic(empty, {}).ok());
+  ModelBuilder b(17);
+  b.model().clear_opset_import();
+  auto report = QuantizeDynamic(b.model(), {});
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().reason(), "MODEL_INVALID");
+}
+
+}  // namespace
+}  // namespace quantd

@@ -1,0 +1,336 @@
+#include "worker/quant/dynamic_quant.h"
+
+#include <array>
+#include <cmath>
+#include <map>
+#include <span>
+#include <unordered_set>
+#include <utility>
+
+#include "worker/onnx/graph_view.h"
+#include "worker/onnx/opset_upgrade.h"
+#include "worker/onnx/tensor_util.h"
+#include "worker/quant/quant_math.h"
+
+namespace quantd {
+namespace {
+
+// DynamicQuantizeLinear appeared in opset 11; MatMulInteger (10), Cast,
+// Mul and Add are older.
+constexpr int kMinOpset = 11;
+
+// Symmetric int8 values q in [-127, 127] are stored as q + 128.
+constexpr int kWeightZeroPoint = 128;
+
+const onnx::AttributeProto* FindAttribute(const onnx::NodeProto& node, const std::string& name) {
+  for (const auto& attribute : node.attribute()) {
+    if (attribute.name() == name) return &attribute;
+  }
+  return nullptr;
+}
+
+// One MatMul/Gemm to rewrite; its weight is already quantized.
+// A weight tensor and whether it is read transposed (Gemm transB).
+using WeightKey = std::pair<std::string, bool>;
+
+struct Target {
+  int node = 0;
+  WeightKey weight;
+  float alpha = 1.0f;
+  float beta = 1.0f;
+};
+
+// A weight as MatMulInteger reads it: [K, N], one scale per column.
+struct StoredWeight {
+  std::string source;  // the float initializer it replaces
+  int64_t rows = 0, columns = 0;
+  std::string payload;  // UINT8 raw data
+  std::vector<float> scales;
+  // Set when its initializers are written, on first use; one scale
+  // tensor per Gemm alpha that reads it.
+  std::string quantized_name;
+  std::map<float, std::string> scale_names;
+};
+
+// Row-major [rows, cols] -> [cols, rows].
+std::vector<float> Transpose(const std::vector<float>& values, int64_t rows, int64_t cols) {
+  std::vector<float> out(values.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      out[static_cast<size_t>(c * rows + r)] = values[static_cast<size_t>(r * cols + c)];
+    }
+  }
+  return out;
+}
+
+// Quantizes a row-major [k, n] matrix per column into `out`; a non-empty
+// return says why it could not.
+std::string QuantizeColumns(const std::vector<float>& values, int64_t k, int64_t n, StoredWeight& out) {
+  const int64_t dims[] = {k, n};
+  auto q = QuantizePerChannel(values, dims, 1, 8);
+  if (!q.ok()) {
+    return q.status().reason() == "WEIGHT_NOT_FINITE" ? "weight contains NaN or infinity" : q.status().message();
+  }
+  out.rows = k;
+  out.columns = n;
+  out.payload.resize(q->values.size());
+  for (size_t i = 0; i < q->values.size(); ++i) {
+    out.payload[i] = static_cast<char>(static_cast<uint8_t>(q->values[i] + kWeightZeroPoint));
+  }
+  out.scales = std::move(q->scales);
+  return "";
+}
+
+onnx::NodeProto MakeNode(const std::string& op, const std::string& name, std::vector<std::string> inputs,
+                         std::vector<std::string> outputs) {
+  onnx::NodeProto node;
+  node.set_op_type(op);
+  node.set_name(name);
+  for (auto& input : inputs) node.add_input(std::move(input));
+  for (auto& output : outputs) node.add_output(std::move(output));
+  return node;
+}
+
+template <typename T, typename Pred>
+void EraseWhere(google::protobuf::RepeatedPtrField<T>* field, Pred&& pred) {
+  google::protobuf::RepeatedPtrField<T> kept;
+  for (auto& item : *field) {
+    if (!pred(item)) *kept.Add() = std::move(item);
+  }
+  field->Swap(&kept);
+}
+
+// Why `node` (a default-domain MatMul or Gemm) cannot be quantized, or ""
+// with Gemm's alpha, beta and transB read into `target` and `transposed`.
+std::string CheckNode(const onnx::NodeProto& node, const GraphView& view, const DynamicQuantOptions& options,
+                      Target& target, bool& transposed) {
+  if (options.skip_quant_node.count(node.name())) return "in skip_quant_node";
+  if (node.input_size() < 2 || node.output_size() < 1 || node.input(0).empty() || node.output(0).empty()) {
+    return "node lacks inputs or outputs";
+  }
+  const onnx::TensorProto* weight = view.Initializer(node.input(1));
+  if (!weight) return "second input is not a constant initializer";
+  if (weight->data_type() != onnx_type::kFloat) {
+    return "weight dtype is " + DataTypeName(weight->data_type()) + ", only FLOAT is quantized";
+  }
+  if (weight->data_location() == onnx::TensorProto::EXTERNAL)
+    return "weight data is stored externally and was not loaded";
+  if (weight->dims_size() != 2) {
+    return "weight has rank " + std::to_string(weight->dims_size()) + ", only rank 2 is quantized";
+  }
+  const auto elements = ElementCount(*weight);
+  if (!elements) return "weight has invalid dims";
+  if (*elements <= options.min_quant_weight_size) {
+    return std::to_string(*elements) + " weight elements ≤ min_quant_weight_size " +
+           std::to_string(options.min_quant_weight_size);
+  }
+  transposed = false;
+  if (node.op_type() == "Gemm") {
+    if (const auto* a = FindAttribute(node, "transA"); a && a->i() != 0) return "transA = 1 is not supported";
+    const auto* b = FindAttribute(node, "transB");
+    transposed = b && b->i() != 0;
+    if (const auto* alpha = FindAttribute(node, "alpha")) target.alpha = alpha->f();
+    if (const auto* beta = FindAttribute(node, "beta")) target.beta = beta->f();
+    if (!std::isfinite(target.alpha) || !std::isfinite(target.beta)) return "alpha or beta is not finite";
+  }
+  return "";
+}
+
+}  // namespace
+
+StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const DynamicQuantOptions& options) {
+  if (!model.has_graph()) return InvalidArgument("MODEL_INVALID", "the model has no graph");
+  const int input_opset = DefaultOpset(model);
+  if (input_opset < 0) return InvalidArgument("MODEL_INVALID", "the model has no default-domain opset import");
+  DynamicQuantReport report;
+  report.output_opset = input_opset;
+
+  // Everything is decided and quantized on the untouched graph, so a model
+  // with nothing to quantize is returned as it came.
+  std::vector<Target> targets;
+  std::map<WeightKey, StoredWeight> weights;
+  {
+    const onnx::GraphProto& graph = model.graph();
+    GraphView view(graph);
+    std::map<WeightKey, std::string> failed;
+    for (int i = 0; i < graph.node_size(); ++i) {
+      const onnx::NodeProto& node = graph.node(i);
+      if (!IsDefaultDomain(node.domain()) || (node.op_type() != "MatMul" && node.op_type() != "Gemm")) continue;
+      Target target;
+      target.node = i;
+      bool transposed = false;
+      std::string why = CheckNode(node, view, options, target, transposed);
+      if (why.empty()) {
+        target.weight = {node.input(1), transposed};
+        if (auto it = failed.find(target.weight); it != failed.end()) {
+          why = it->second;
+        } else if (!weights.count(target.weight)) {
+          const onnx::TensorProto& tensor = *view.Initializer(node.input(1));
+          StoredWeight stored;
+          stored.source = node.input(1);
+          auto values = ReadFloatTensor(tensor);
+          if (!values.ok()) {
+            why = "weight data is unreadable: " + values.status().message();
+          } else if (transposed) {
+            why = QuantizeColumns(Transpose(*values, tensor.dims(0), tensor.dims(1)), tensor.dims(1), tensor.dims(0),
+                                  stored);
+          } else {
+            why = QuantizeColumns(*values, tensor.dims(0), tensor.dims(1), stored);
+          }
+          if (why.empty()) {
+            weights.emplace(target.weight, std::move(stored));
+          } else {
+            failed.emplace(target.weight, why);
+          }
+        }
+      }
+      if (!why.empty()) {
+        report.skipped.push_back({node.name(), node.op_type(), std::move(why)});
+        continue;
+      }
+      targets.push_back(std::move(target));
+      report.quantized_nodes.push_back(node.name());
+    }
+  }
+  if (targets.empty()) return report;
+
+  if (input_opset < kMinOpset) {
+    QUANTD_RETURN_IF_ERROR(UpgradeOpset(model, 13).WithContext("DynamicQuantizeLinear needs opset 11"));
+    report.output_opset = DefaultOpset(model);
+  }
+
+  // Upgrades append initializers and edit nodes in place, so the node
+  // indices in `targets` still hold.
+  onnx::GraphProto& graph = *model.mutable_graph();
+  const GraphView view(graph);
+  NameAllocator names(model);
+  std::vector<onnx::TensorProto> new_initializers;
+  auto add_float = [&](const std::string& base, std::span<const int64_t> dims, std::span<const float> values) {
+    std::string name = names.Make(base);
+    new_initializers.push_back(MakeFloatTensor(name, dims, values));
+    return name;
+  };
+  // One scalar serves every weight: the zero point only shifts integers,
+  // while the per-column scales live in the float multiplier.
+  const std::string weight_zero_point = names.Make("dynamic_quant_weight_zero_point");
+  new_initializers.push_back(
+      MakeRawTensor(weight_zero_point, onnx_type::kUint8, {}, std::string(1, static_cast<char>(kWeightZeroPoint))));
+
+  std::map<int, std::vector<onnx::NodeProto>> replacement;  // node index -> nodes in its place
+  std::map<std::string, std::array<std::string, 3>> quantized_activation;
+  std::unordered_set<std::string> maybe_unused;
+
+  for (const Target& target : targets) {
+    const onnx::NodeProto& node = graph.node(target.node);
+    const bool gemm = node.op_type() == "Gemm";
+    const std::string& x = node.input(0);
+    const std::string& y = node.output(0);
+    const std::string base = node.name().empty() ? y : node.name();
+    std::vector<onnx::NodeProto>& chain = replacement[target.node];
+
+    // One DynamicQuantizeLinear per activation: the range is measured once
+    // however many weights read it (ORT's own CSE would merge copies too).
+    auto activation = quantized_activation.find(x);
+    if (activation == quantized_activation.end()) {
+      std::array<std::string, 3> outs = {names.Make(x + "_quantized"), names.Make(x + "_scale"),
+                                         names.Make(x + "_zero_point")};
+      chain.push_back(MakeNode("DynamicQuantizeLinear", names.Make(x + "_DynamicQuantizeLinear"), {x},
+                               {outs[0], outs[1], outs[2]}));
+      activation = quantized_activation.emplace(x, outs).first;
+    }
+    const auto& [x_q, x_scale, x_zero_point] = activation->second;
+
+    StoredWeight& w = weights.at(target.weight);
+    if (w.quantized_name.empty()) {
+      w.quantized_name = names.Make(w.source + "_quantized");
+      const int64_t dims[] = {w.rows, w.columns};
+      new_initializers.push_back(MakeRawTensor(w.quantized_name, onnx_type::kUint8, dims, std::move(w.payload)));
+      report.float_weight_bytes += w.rows * w.columns * 4;
+      report.quantized_weight_bytes += w.rows * w.columns;
+      maybe_unused.insert(w.source);
+    }
+    // Gemm's alpha folds into the weight scale the multiplier applies.
+    std::string& weight_scale = w.scale_names[target.alpha];
+    if (weight_scale.empty()) {
+      std::vector<float> scales(w.scales);
+      for (float& s : scales) s *= target.alpha;
+      const int64_t columns[] = {w.columns};
+      weight_scale = add_float(w.source + (target.alpha == 1.0f ? "_scale" : "_scale_alpha"), columns, scales);
+      report.quantized_weight_bytes += w.columns * 4;
+    }
+
+    const std::string product = names.Make(base + "_int32");
+    const std::string product_float = names.Make(base + "_float");
+    const std::string multiplier = names.Make(base + "_multiplier");
+    chain.push_back(MakeNode("MatMulInteger", names.Make(base + "_MatMulInteger"),
+                             {x_q, w.quantized_name, x_zero_point, weight_zero_point}, {product}));
+    auto* to =
+        chain.emplace_back(MakeNode("Cast", names.Make(base + "_Cast"), {product}, {product_float})).add_attribute();
+    to->set_name("to");
+    to->set_type(onnx::AttributeProto::INT);
+    to->set_i(onnx_type::kFloat);
+    // X_scale exists only at run time, so the product of the scales is
+    // computed in the graph too.
+    chain.push_back(MakeNode("Mul", names.Make(base + "_scale_Mul"), {x_scale, weight_scale}, {multiplier}));
+
+    std::string bias;
+    const bool has_c = gemm && node.input_size() > 2 && !node.input(2).empty();
+    if (has_c && target.beta == 0.0f) maybe_unused.insert(node.input(2));
+    if (has_c && target.beta != 0.0f) {
+      const std::string& c = node.input(2);
+      const onnx::TensorProto* constant = view.Initializer(c);
+      if (target.beta == 1.0f) {
+        bias = c;
+      } else if (constant && constant->data_type() == onnx_type::kFloat &&
+                 constant->data_location() != onnx::TensorProto::EXTERNAL) {
+        QUANTD_ASSIGN_OR_RETURN(auto values, ReadFloatTensor(*constant));
+        for (float& v : values) v *= target.beta;
+        bias = add_float(c + "_beta", DimsOf(*constant), values);
+        maybe_unused.insert(c);
+      } else {
+        const float beta[] = {target.beta};
+        const std::string beta_name = add_float(base + "_beta", {}, beta);
+        bias = names.Make(base + "_scaled_C");
+        chain.push_back(MakeNode("Mul", names.Make(base + "_beta_Mul"), {c, beta_name}, {bias}));
+      }
+    }
+    if (bias.empty()) {
+      chain.push_back(MakeNode("Mul", names.Make(base + "_Mul"), {product_float, multiplier}, {y}));
+    } else {
+      const std::string unbiased = names.Make(base + "_unbiased");
+      chain.push_back(MakeNode("Mul", names.Make(base + "_Mul"), {product_float, multiplier}, {unbiased}));
+      chain.push_back(MakeNode("Add", names.Make(base + "_Add"), {unbiased, bias}, {y}));
+    }
+  }
+
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+  for (int i = 0; i < graph.node_size(); ++i) {
+    auto it = replacement.find(i);
+    if (it == replacement.end()) {
+      *nodes.Add() = std::move(*graph.mutable_node(i));
+    } else {
+      for (auto& inserted : it->second) *nodes.Add() = std::move(inserted);
+    }
+  }
+  graph.mutable_node()->Swap(&nodes);
+  for (auto& initializer : new_initializers) *graph.add_initializer() = std::move(initializer);
+
+  // Float originals go once nothing reads them.
+  std::unordered_set<std::string> unused;
+  {
+    const GraphView after(graph);
+    for (const auto& name : maybe_unused) {
+      if (after.ConsumerIndices(name).empty() && !after.IsGraphOutput(name)) unused.insert(name);
+    }
+  }
+  report.quantized_weight_bytes += 1;  // the shared zero point
+  if (!unused.empty()) {
+    auto is_unused = [&](const auto& item) { return unused.count(item.name()) > 0; };
+    EraseWhere(graph.mutable_initializer(), is_unused);
+    EraseWhere(graph.mutable_input(), is_unused);
+    EraseWhere(graph.mutable_value_info(), is_unused);
+  }
+  return report;
+}
+
+}  // namespace quantd

@@ -1,0 +1,68 @@
+// Dynamic quantization: the float weights of MatMul and Gemm become 8-bit
+// integers at conversion time, while their float inputs are quantized at run
+// time (range measured per call), so no calibration data is needed.
+//
+// A MatMul (or Gemm) Y = X * W with W a float initializer becomes
+//
+//   DynamicQuantizeLinear(X)              -> X_q (uint8), X_scale, X_zp
+//   MatMulInteger(X_q, W_q, X_zp, W_zp)   -> int32
+//   Cast(to = FLOAT)                      -> float
+//   Mul(X_scale, W_scale)                 -> multiplier, one per column
+//   Mul(float, multiplier)                -> Y            (MatMul; Gemm without C)
+//   Add(..., beta * C)                    -> Y            (Gemm with C)
+//
+// W_q is W quantized symmetrically per output column (values -127..127) and
+// stored as [K, N]: a Gemm's transB weight is transposed at conversion and
+// its alpha folded into W_scale. W_q is UINT8 with zero point 128 (one
+// scalar shared by all weights) rather than INT8: x86 CPUs without VNNI
+// multiply uint8 x int8 with VPMADDUBSW, whose 16-bit pair sums saturate
+// for large weights and activations, and ONNX Runtime does not avoid that by
+// default; uint8 x uint8 takes a path that cannot overflow.
+//
+// ONNX Runtime 1.30's CPU provider fuses each chain into
+// MatMulIntegerToFloat (bias included) and, where X feeds a single
+// quantized node, with its DynamicQuantizeLinear into DynamicQuantizeMatMul.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <onnx/onnx_pb.h>
+
+#include "common/status.h"
+#include "worker/quant/full_quant.h"
+
+namespace quantd {
+
+struct DynamicQuantOptions {
+  // Node names kept in float.
+  std::set<std::string> skip_quant_node;
+  // A weight is quantized only if it has MORE elements than this.
+  int64_t min_quant_weight_size = 0;
+};
+
+struct DynamicQuantReport {
+  std::vector<std::string> quantized_nodes;
+  std::vector<SkippedNode> skipped;
+  int output_opset = 0;
+  // Per stored weight (one per tensor and layout it is read in): 4 bytes per
+  // float element before; integer payload and scale tensors after, plus the
+  // one zero point byte all weights share.
+  int64_t float_weight_bytes = 0;
+  int64_t quantized_weight_bytes = 0;
+};
+
+// Rewrites the main graph's MatMul nodes whose second input is a rank-2
+// FLOAT initializer, and Gemm nodes with transA = 0 and a FLOAT initializer
+// B, as described above. An activation read by several quantized nodes is
+// quantized once. Float weights (and Gemm C constants) nothing reads any
+// more are dropped. Models at opset 11 or later keep their opset, since every
+// operator used exists from 11 on; older ones are handed to UpgradeOpset
+// (target 13) when anything would be quantized, which currently refuses
+// sources below 11, so they fail with its error. Nothing is changed when no
+// node qualifies. Weights with NaN or infinity are skipped, not errors.
+StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const DynamicQuantOptions& options);
+
+}  // namespace quantd
