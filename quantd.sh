@@ -150,6 +150,15 @@ cmd_fuzz() {
   rm -rf "$work"
 }
 
+# quantd's executor against ONNX Runtime on the bundled models; extra
+# arguments go to bench/run_bench.sh (--threads N, --batches "1 32", ...).
+cmd_bench() {
+  cmd_deps
+  configure "$BUILD_DIR"
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target quantd_bench
+  "$ROOT/bench/run_bench.sh" --bench-bin "$BUILD_DIR/bin/quantd_bench" "$@"
+}
+
 usage() {
   cat <<USAGE
 usage: ./quantd.sh COMMAND
@@ -158,6 +167,7 @@ usage: ./quantd.sh COMMAND
   demo    deps + build, start quantd on its defaults, quantize the bundled model end to end
   test    deps + build, run the whole test suite (and the unit tests under ASan/UBSan, and the fuzzers)
   fuzz    run each libFuzzer target for QUANTD_FUZZ_SECONDS (default 30)
+  bench   deps + build, compare throughput and peak memory with ONNX Runtime (bench/run_bench.sh)
 USAGE
 }
 
@@ -167,6 +177,7 @@ case "${1:-}" in
   demo) cmd_demo ;;
   test) cmd_test ;;
   fuzz) cmd_fuzz ;;
+  bench) shift; cmd_bench "$@" ;;
   -h|--help|help|"") usage ;;
   *) usage; exit 2 ;;
 esac

@@ -74,6 +74,7 @@ async function main() {
     executionMode: 'sequential',
     intraOpNumThreads: opts.threads,
     interOpNumThreads: opts.threads,
+    logSeverityLevel: 3,
   });
 
   const feeds = {};

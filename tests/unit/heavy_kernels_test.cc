@@ -416,6 +416,50 @@ TEST(HeavyKernelsConv, MultiThreadedBatches) {
   }
 }
 
+// Shapes big enough for the kernels to split work across threads (small
+// ones stay on the calling thread).
+TEST(HeavyKernelsConv, ParallelPaths) {
+  uint32_t seed = 650;
+  for (int threads : {2, 3}) {
+    ConvCase dense;  // oneDNN
+    dense.x = {8, 16, 14, 14};
+    dense.m = 32;
+    dense.kernel = {3, 3};
+    dense.p.pads = {1, 1, 1, 1};
+    dense.threads = threads;
+    CheckConv(dense, seed++);
+    ConvCase dense_one_image = dense;  // oneDNN with OpenMP inside one call
+    dense_one_image.x = {1, 64, 28, 28};
+    dense_one_image.m = 64;
+    CheckConv(dense_one_image, seed++);
+    ConvCase first;  // few input channels
+    first.x = {32, 1, 28, 28};
+    first.m = 32;
+    first.kernel = {3, 3};
+    first.p.pads = {1, 1, 1, 1};
+    first.threads = threads;
+    CheckConv(first, seed++);
+    ConvCase pointwise;
+    pointwise.x = {16, 64, 14, 14};
+    pointwise.m = 64;
+    pointwise.kernel = {1, 1};
+    pointwise.threads = threads;
+    CheckConv(pointwise, seed++);
+    pointwise.x = {1, 256, 28, 28};
+    CheckConv(pointwise, seed++);
+    ConvCase depthwise;
+    depthwise.x = {32, 96, 14, 14};
+    depthwise.m = 96;
+    depthwise.p.group = 96;
+    depthwise.kernel = {3, 3};
+    depthwise.p.pads = {1, 1, 1, 1};
+    depthwise.threads = threads;
+    CheckConv(depthwise, seed++);
+    depthwise.x = {8, 96, 28, 28};  // wide rows
+    CheckConv(depthwise, seed++);
+  }
+}
+
 TEST(HeavyKernelsConv, FusedActivations) {
   struct Act {
     const char* name;
@@ -638,7 +682,7 @@ TEST(HeavyKernelsGemm, Combinations) {
     int64_t m, k, n;
   };
   for (Dims d : {Dims{1, 576, 128}, Dims{32, 576, 128}, Dims{7, 5, 3}, Dims{32, 128, 10}, Dims{65, 33, 17},
-                 Dims{1, 1, 1}}) {
+                 Dims{1, 1, 1}, Dims{48, 512, 200}}) {
     for (int trans_a : {0, 1}) {
       for (int trans_b : {0, 1}) {
         for (int c_kind = 0; c_kind < 7; ++c_kind) {
@@ -706,6 +750,8 @@ TEST(HeavyKernelsMatMul, Broadcasting) {
       {{32, 16, 64}, {64, 64}},
       {{32, 4, 16, 16}, {32, 4, 16, 16}},
       {{32, 49, 96}, {96, 192}},
+      {{64, 8, 32, 32}, {64, 8, 32, 32}},
+      {{64, 1024}, {1024, 128}},
       {{1, 100}, {100, 300}},
       {{3, 0, 4}, {4, 2}},
       {{3, 4, 0}, {0, 2}},

@@ -88,18 +88,25 @@ Status UnsupportedType(const std::string& message) {
   return Status(StatusCode::kUnimplemented, "RUNTIME_UNSUPPORTED_TYPE", message);
 }
 
+// Waking pool workers costs microseconds (more on a busy machine), so a
+// kernel only splits work worth about 20 us or more on one core; `work`
+// counts multiply-adds.
+constexpr int64_t kParallelMinWork = int64_t{1} << 22;
+
+int UsefulThreads(int threads, int64_t work) { return work >= kParallelMinWork ? threads : 1; }
+
 // Runs fn(i) for i in [0, n): on the pool when it has threads and there is
 // enough work, otherwise inline. Returns whether it went to the pool.
 template <typename Fn>
-bool MaybeParallel(ThreadPool& pool, int64_t n, Fn&& fn) {
-  if (pool.num_threads() > 1 && n >= pool.num_threads()) {
+bool MaybeParallel(ThreadPool& pool, int64_t n, int64_t work, Fn&& fn) {
+  if (UsefulThreads(pool.num_threads(), work) > 1 && n >= pool.num_threads()) {
     pool.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
       SetOmpThreads(1);
       for (int64_t i = begin; i < end; ++i) fn(i);
     });
     return true;
   }
-  SetOmpThreads(pool.num_threads());
+  SetOmpThreads(UsefulThreads(pool.num_threads(), work));
   for (int64_t i = 0; i < n; ++i) fn(i);
   return false;
 }
@@ -186,6 +193,21 @@ StatusOr<Activation> ParseActivation(const KernelInit& init) {
                   "fused activation '" + name + "' is not supported");
   }
   return act;
+}
+
+// Clamp bounds for activations that are a clamp; others run afterwards.
+void ClampBounds(const Activation& act, float* lo, float* hi) {
+  *lo = -std::numeric_limits<float>::infinity();
+  *hi = std::numeric_limits<float>::infinity();
+  if (act.kind == Activation::kRelu) *lo = 0.0f;
+  if (act.kind == Activation::kClip) {
+    *lo = act.alpha;
+    *hi = act.beta;
+  }
+}
+
+bool IsClamp(const Activation& act) {
+  return act.kind == Activation::kNone || act.kind == Activation::kRelu || act.kind == Activation::kClip;
 }
 
 // ---------------------------------------------------------------------------
@@ -619,8 +641,9 @@ class DnnlConvPlan final : public ConvPlan {
     // runs single-threaded. Otherwise oneDNN splits each call with OpenMP.
     // oneDNN fixes a primitive's thread count when it is created, so the
     // OpenMP setting must already be the one it will run under.
-    pool_parallel_ = threads_ > 1 && g.n / chunk_ >= threads_;
-    omp_threads_ = pool_parallel_ ? 1 : threads_;
+    const int threads = UsefulThreads(threads_, g.n * g.m * g.out_size() * g.cg * g.kernel_size());
+    pool_parallel_ = threads > 1 && g.n / chunk_ >= threads;
+    omp_threads_ = pool_parallel_ ? 1 : threads;
     SetOmpThreads(omp_threads_);
     memory::dims src_dims = {chunk_, g.c}, dst_dims = {chunk_, g.m}, weight_dims;
     const memory::dims in = SpatialDims(g, g.in), out = SpatialDims(g, g.out);
@@ -747,12 +770,16 @@ class DnnlConvPlan final : public ConvPlan {
 // image removes all border tests, and 8 output channels are accumulated at
 // once so each input vector load feeds 8 FMAs. oneDNN's blocked layouts would
 // cost two layout conversions, each dearer than this whole layer.
+constexpr int64_t kDirectMaxTaps = 32;
+
 struct DirectConvArgs {
   const float* padded;  // [C][hp][wp]
   const float* weights;  // [M/8][C][KH][KW][8], zero-padded channels
   const float* bias;     // [M/8][8]
-  int64_t c, hp, wp, kh, kw, dh, dw, sh;
+  int64_t taps, wp, sh;
+  int64_t offsets[kDirectMaxTaps];  // per (c, kh, kw), from the window's top-left
   int64_t out_h, out_w, vectors;  // vectors = ceil(out_w / VL)
+  float lo, hi;                   // fused Relu / Clip bounds, else +-inf
 };
 
 template <int VL, int NV>
@@ -760,25 +787,25 @@ __attribute__((always_inline)) inline void DirectConvTile(const DirectConvArgs& 
                                                           int64_t v0, float* y, int64_t valid_oc) {
   typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
   const float* bias = a.bias + block * 8;
-  const float* weights = a.weights + block * a.c * a.kh * a.kw * 8;
+  const float* w = a.weights + block * a.taps * 8;
+  const float* origin = a.padded + oh * a.sh * a.wp + v0 * VL;
   Vec acc[8][NV];
   for (int o = 0; o < 8; ++o) {
-    for (int j = 0; j < NV; ++j) {
-      acc[o][j] = Vec{} + bias[o];
+    for (int j = 0; j < NV; ++j) acc[o][j] = Vec{} + bias[o];
+  }
+  for (int64_t t = 0; t < a.taps; ++t, w += 8) {
+    const float* row = origin + a.offsets[t];
+    Vec x[NV];
+    for (int j = 0; j < NV; ++j) std::memcpy(&x[j], row + j * VL, sizeof(Vec));
+    for (int o = 0; o < 8; ++o) {
+      const float wv = w[o];
+      for (int j = 0; j < NV; ++j) acc[o][j] += x[j] * wv;
     }
   }
-  for (int64_t ic = 0; ic < a.c; ++ic) {
-    for (int64_t r = 0; r < a.kh; ++r) {
-      const float* row = a.padded + (ic * a.hp + oh * a.sh + r * a.dh) * a.wp + v0 * VL;
-      const float* w = weights + (ic * a.kh + r) * a.kw * 8;
-      for (int64_t t = 0; t < a.kw; ++t, w += 8) {
-        Vec x[NV];
-        for (int j = 0; j < NV; ++j) std::memcpy(&x[j], row + j * VL + t * a.dw, sizeof(Vec));
-        for (int o = 0; o < 8; ++o) {
-          const float wv = w[o];
-          for (int j = 0; j < NV; ++j) acc[o][j] += x[j] * wv;
-        }
-      }
+  for (int o = 0; o < 8; ++o) {
+    for (int j = 0; j < NV; ++j) {
+      acc[o][j] = acc[o][j] < a.lo ? Vec{} + a.lo : acc[o][j];
+      acc[o][j] = acc[o][j] > a.hi ? Vec{} + a.hi : acc[o][j];
     }
   }
   const int64_t plane = a.out_h * a.out_w;
@@ -792,7 +819,9 @@ __attribute__((always_inline)) inline void DirectConvTile(const DirectConvArgs& 
       if (n == VL || (oh * a.out_w + col + VL) <= plane) {
         std::memcpy(out + col, &acc[o][j], sizeof(Vec));
       } else {
-        for (int64_t i = 0; i < n; ++i) out[col + i] = acc[o][j][i];
+        float lanes[VL];
+        std::memcpy(lanes, &acc[o][j], sizeof(Vec));
+        for (int64_t i = 0; i < n; ++i) out[col + i] = lanes[i];
       }
     }
   }
@@ -847,6 +876,20 @@ class DirectConvPlan final : public ConvPlan {
       packed_weights_.resize(static_cast<size_t>(blocks_ * 8 * g.c * g.kernel_size()));
       PackWeights(constant_weights, packed_weights_.data());
     }
+    args_.taps = g.c * g.kernel_size();
+    args_.wp = wp_;
+    args_.sh = g.stride[1];
+    for (int64_t c = 0, t = 0; c < g.c; ++c) {
+      for (int64_t r = 0; r < g.kernel[1]; ++r) {
+        for (int64_t k = 0; k < g.kernel[2]; ++k, ++t) {
+          args_.offsets[t] = (c * hp_ + r * g.dilation[1]) * wp_ + k * g.dilation[2];
+        }
+      }
+    }
+    args_.out_h = g.out[1];
+    args_.out_w = g.out[2];
+    args_.vectors = vectors_;
+    ClampBounds(act, &args_.lo, &args_.hi);
   }
 
   void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
@@ -863,7 +906,8 @@ class DirectConvPlan final : public ConvPlan {
     const int64_t in_size = g_.in_size(), out_size = g_.out_size();
     const int64_t image_floats = g_.c * hp_ * wp_;
     // One padded image per job; jobs are (image, group of channel blocks).
-    const int64_t block_groups = g_.n >= pool.num_threads() ? 1 : std::min<int64_t>(blocks_, pool.num_threads());
+    const int threads = UsefulThreads(pool.num_threads(), g_.n * g_.m * g_.out_size() * args_.taps);
+    const int64_t block_groups = g_.n >= threads ? 1 : std::min<int64_t>(blocks_, threads);
     auto job = [&](int64_t index) {
       const int64_t n = index / block_groups, part = index % block_groups;
       float* padded = Scratch(kSlotSrc, static_cast<size_t>(image_floats));
@@ -875,18 +919,19 @@ class DirectConvPlan final : public ConvPlan {
                       static_cast<size_t>(g_.in[2]) * sizeof(float));
         }
       }
-      DirectConvArgs a{padded,       packed_w,       packed_b,       g_.c,      hp_,       wp_,
-                       g_.kernel[1], g_.kernel[2],   g_.dilation[1], g_.dilation[2], g_.stride[1], g_.out[1],
-                       g_.out[2],    vectors_};
+      DirectConvArgs a = args_;
+      a.padded = padded;
+      a.weights = packed_w;
+      a.bias = packed_b;
       const int64_t first = blocks_ * part / block_groups, last = blocks_ * (part + 1) / block_groups;
       for (int64_t block = first; block < last; ++block) {
         float* yb = y + (n * g_.m + block * 8) * out_size;
         const int64_t valid = std::min<int64_t>(8, g_.m - block * 8);
         block_fn_(a, block, yb, valid);
-        act_.Apply(yb, valid * out_size);
+        if (!IsClamp(act_)) act_.Apply(yb, valid * out_size);
       }
     };
-    if (pool.num_threads() > 1) {
+    if (UsefulThreads(pool.num_threads(), g_.n * g_.m * g_.out_size() * args_.taps) > 1) {
       pool.ParallelFor(g_.n * block_groups, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) job(i);
       });
@@ -904,7 +949,8 @@ class DirectConvPlan final : public ConvPlan {
     }
   }
 
-  static constexpr int64_t kMaxDepth = 32;
+  static constexpr int64_t kMaxDepth = kDirectMaxTaps;
+  DirectConvArgs args_{};
   ConvGeometry g_;
   Activation act_;
   std::vector<float> packed_weights_;
@@ -1037,21 +1083,6 @@ void PointwiseImage4(const PointwiseArgs& a, const float* x, float* y, int64_t f
   PointwiseImage<4>(a, x, y, first, last, tail);
 }
 
-// Clamp bounds for activations that are a clamp; others run afterwards.
-void ClampBounds(const Activation& act, float* lo, float* hi) {
-  *lo = -std::numeric_limits<float>::infinity();
-  *hi = std::numeric_limits<float>::infinity();
-  if (act.kind == Activation::kRelu) *lo = 0.0f;
-  if (act.kind == Activation::kClip) {
-    *lo = act.alpha;
-    *hi = act.beta;
-  }
-}
-
-bool IsClamp(const Activation& act) {
-  return act.kind == Activation::kNone || act.kind == Activation::kRelu || act.kind == Activation::kClip;
-}
-
 class PointwiseConvPlan final : public ConvPlan {
  public:
   static bool Suits(const ConvGeometry& g) { return g.group == 1 && g.pointwise(); }
@@ -1077,7 +1108,7 @@ class PointwiseConvPlan final : public ConvPlan {
     ClampBounds(act_, &a.lo, &a.hi);
     // Jobs: (image, range of channel blocks); split channels only when there
     // are fewer images than threads.
-    const int threads = pool.num_threads();
+    const int threads = UsefulThreads(pool.num_threads(), g_.n * g_.m * g_.c * hw);
     const int64_t parts = g_.n >= threads ? 1 : std::min<int64_t>(blocks, threads);
     auto job = [&](int64_t index) {
       const int64_t n = index / parts, part = index % parts;
@@ -1254,7 +1285,7 @@ class DepthwiseConvPlan final : public ConvPlan {
       }
     };
     const int64_t count = g_.n * groups_;
-    if (pool.num_threads() > 1 && count > 1) {
+    if (UsefulThreads(pool.num_threads(), g_.n * g_.c * out_size * a_.taps) > 1 && count > 1) {
       pool.ParallelFor(count, 1, jobs);
     } else {
       jobs(0, count);
@@ -1281,6 +1312,168 @@ class DepthwiseConvPlan final : public ConvPlan {
   void (*compute_fn_)(const DepthwiseArgs&, const float*, const float*, const float*, float*) = nullptr;
 };
 
+// Copies n floats with whole vectors only (overlapping the last one), so
+// short rows cost a few moves instead of a library call.
+template <int VL>
+__attribute__((always_inline)) inline void CopyFloats(float* dst, const float* src, int64_t n) {
+  if constexpr (VL >= 4) {
+    typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+    if (n >= VL) {
+      int64_t i = 0;
+      for (; i + VL < n; i += VL) {
+        Vec v;
+        std::memcpy(&v, src + i, sizeof(Vec));
+        std::memcpy(dst + i, &v, sizeof(Vec));
+      }
+      Vec v;
+      std::memcpy(&v, src + n - VL, sizeof(Vec));
+      std::memcpy(dst + n - VL, &v, sizeof(Vec));
+      return;
+    }
+    if constexpr (VL > 4) {
+      CopyFloats<VL / 2>(dst, src, n);
+      return;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+// Depthwise with unit stride along the width, straight on NCHW planes: each
+// plane is staged zero-padded as one flat array of rows `wp` wide; output
+// (oh, ow) is flat position oh * sh * wp + ow and tap (r, t) sits at a fixed
+// offset from it, so whole vectors run across row ends (the extra columns are
+// dropped when copying out). No layout conversion at all.
+struct DepthwiseFlatArgs {
+  int64_t h, w, pad_top, pad_left, out_h, out_w, sh, wp;
+  int64_t vectors;  // flat output vectors per plane
+  int64_t taps;
+  int64_t offsets[kMaxDepthwiseTaps];
+  float lo, hi;
+};
+
+template <int VL, int kTaps>
+__attribute__((always_inline)) inline void DepthwiseFlatPlanes(const DepthwiseFlatArgs& a, const float* x,
+                                                               const float* w, const float* bias, float* y,
+                                                               int64_t channels, int64_t begin, int64_t end,
+                                                               float* stage, float* flat_out) {
+  typedef float Vec __attribute__((vector_size(VL * sizeof(float))));
+  constexpr int kGroup = 8;
+  const int64_t taps = kTaps > 0 ? kTaps : a.taps;
+  const int64_t in_size = a.h * a.w, out_size = a.out_h * a.out_w;
+  for (int64_t p = begin; p < end; ++p) {
+    const int64_t c = p % channels;
+    const float* xp = x + p * in_size;
+    for (int64_t ih = 0; ih < a.h; ++ih) CopyFloats<VL>(stage + (ih + a.pad_top) * a.wp + a.pad_left, xp + ih * a.w, a.w);
+    const float* wc = w + c * taps;
+    const float b = bias != nullptr ? bias[c] : 0.0f;
+    for (int64_t v0 = 0; v0 < a.vectors; v0 += kGroup) {
+      Vec acc[kGroup];
+      for (int j = 0; j < kGroup; ++j) acc[j] = Vec{} + b;
+      for (int64_t t = 0; t < taps; ++t) {
+        const float* base = stage + v0 * VL + a.offsets[t];
+        const float wv = wc[t];
+        for (int j = 0; j < kGroup; ++j) {
+          Vec xv;
+          std::memcpy(&xv, base + j * VL, sizeof(Vec));
+          acc[j] += xv * wv;
+        }
+      }
+      for (int j = 0; j < kGroup; ++j) {
+        Vec v = acc[j];
+        v = v < a.lo ? Vec{} + a.lo : v;
+        v = v > a.hi ? Vec{} + a.hi : v;
+        std::memcpy(flat_out + (v0 + j) * VL, &v, sizeof(Vec));
+      }
+    }
+    float* yp = y + p * out_size;
+    for (int64_t oh = 0; oh < a.out_h; ++oh) CopyFloats<VL>(yp + oh * a.out_w, flat_out + oh * a.sh * a.wp, a.out_w);
+  }
+}
+
+__attribute__((target("avx512f"))) void DepthwiseFlatPlanes16(const DepthwiseFlatArgs& a, const float* x,
+                                                              const float* w, const float* bias, float* y,
+                                                              int64_t channels, int64_t begin, int64_t end,
+                                                              float* stage, float* flat_out) {
+  if (a.taps == 9) {
+    DepthwiseFlatPlanes<16, 9>(a, x, w, bias, y, channels, begin, end, stage, flat_out);
+  } else {
+    DepthwiseFlatPlanes<16, 0>(a, x, w, bias, y, channels, begin, end, stage, flat_out);
+  }
+}
+__attribute__((target("avx2,fma"))) void DepthwiseFlatPlanes8(const DepthwiseFlatArgs& a, const float* x,
+                                                              const float* w, const float* bias, float* y,
+                                                              int64_t channels, int64_t begin, int64_t end,
+                                                              float* stage, float* flat_out) {
+  if (a.taps == 9) {
+    DepthwiseFlatPlanes<8, 9>(a, x, w, bias, y, channels, begin, end, stage, flat_out);
+  } else {
+    DepthwiseFlatPlanes<8, 0>(a, x, w, bias, y, channels, begin, end, stage, flat_out);
+  }
+}
+
+class DepthwiseFlatPlan final : public ConvPlan {
+ public:
+  static bool Suits(const ConvGeometry& g) {
+    return VectorWidth() >= 8 && g.group == g.c && g.m == g.c && g.in[0] == 1 && g.kernel[0] == 1 &&
+           g.stride[2] == 1 && g.kernel[1] * g.kernel[2] <= kMaxDepthwiseTaps;
+  }
+
+  DepthwiseFlatPlan(const ConvGeometry& g, const Activation& act) : g_(g), act_(act) {
+    vl_ = VectorWidth() >= 16 ? 16 : 8;
+    fn_ = vl_ == 16 ? DepthwiseFlatPlanes16 : DepthwiseFlatPlanes8;
+    a_.h = g.in[1];
+    a_.w = g.in[2];
+    a_.pad_top = g.pad_begin[1];
+    a_.pad_left = g.pad_begin[2];
+    a_.out_h = g.out[1];
+    a_.out_w = g.out[2];
+    a_.sh = g.stride[1];
+    a_.wp = std::max(g.in[2] + g.pad_begin[2] + g.pad_end[2], g.out[2] + (g.kernel[2] - 1) * g.dilation[2]);
+    rows_ = std::max(g.in[1] + g.pad_begin[1] + g.pad_end[1],
+                     (g.out[1] - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1);
+    a_.taps = g.kernel[1] * g.kernel[2];
+    for (int64_t r = 0; r < g.kernel[1]; ++r) {
+      for (int64_t t = 0; t < g.kernel[2]; ++t) {
+        a_.offsets[r * g.kernel[2] + t] = r * g.dilation[1] * a_.wp + t * g.dilation[2];
+      }
+    }
+    // Flat positions up to the last output row's end, in groups of 8 vectors.
+    const int64_t positions = (g.out[1] - 1) * g.stride[1] * a_.wp + g.out[2];
+    a_.vectors = ((positions + vl_ - 1) / vl_ + 7) / 8 * 8;
+    ClampBounds(act, &a_.lo, &a_.hi);
+  }
+
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    // Reads reach the last computed vector plus the largest tap offset.
+    const size_t stage_floats =
+        static_cast<size_t>(std::max(rows_ * a_.wp, a_.vectors * vl_ + a_.offsets[a_.taps - 1]) + vl_);
+    const size_t flat_floats = static_cast<size_t>(a_.vectors * vl_);
+    const int64_t out_size = g_.out_size();
+    auto planes = [&](int64_t begin, int64_t end) {
+      float* stage = Scratch(kSlotSrc, stage_floats + flat_floats);
+      // Only the input's footprint is rewritten per plane: the rest stays 0.
+      std::fill(stage, stage + stage_floats, 0.0f);
+      fn_(a_, x, w, bias, y, g_.c, begin, end, stage, stage + stage_floats);
+      if (!IsClamp(act_)) act_.Apply(y + begin * out_size, (end - begin) * out_size);
+    };
+    const int64_t count = g_.n * g_.c;
+    const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(g_.in_size(), 1));
+    if (UsefulThreads(pool.num_threads(), count * out_size * a_.taps) > 1 && count > grain) {
+      pool.ParallelFor(count, grain, planes);
+    } else {
+      planes(0, count);
+    }
+  }
+
+ private:
+  ConvGeometry g_;
+  Activation act_;
+  DepthwiseFlatArgs a_{};
+  int64_t vl_ = 16, rows_ = 0;
+  void (*fn_)(const DepthwiseFlatArgs&, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t,
+              float*, float*) = nullptr;
+};
+
 // Any geometry: per image and group, im2col then W_g [Mg, Cg*K] x col.
 class GemmConvPlan final : public ConvPlan {
  public:
@@ -1290,7 +1483,7 @@ class GemmConvPlan final : public ConvPlan {
     const ConvGeometry& g = g_;
     const int64_t in_size = g.in_size(), out_size = g.out_size(), k = g.kernel_size();
     const bool direct = g.pointwise();
-    MaybeParallel(pool, g.n * g.group, [&](int64_t job) {
+    MaybeParallel(pool, g.n * g.group, g.n * g.m * out_size * g.cg * k, [&](int64_t job) {
       const int64_t b = job / g.group, grp = job % g.group;
       const float* xg = x + (b * g.c + grp * g.cg) * in_size;
       float* yg = y + (b * g.m + grp * g.mg) * out_size;
@@ -1373,11 +1566,18 @@ class ConvKernel final : public Kernel {
     std::shared_ptr<const ConvPlan> plan;
     const float* constant = constant_w ? weights_.data<float>() : nullptr;
     if (algo_ == Algo::kAuto) {
-      if (PointwiseConvPlan::Suits(g)) {
+      // Small planes (7x7) waste vector lanes along the width in the NCHW
+      // kernels; oneDNN's channel-blocked kernels do better there even with
+      // the layout conversions (measured on the MobileNet layers).
+      const bool small_plane = g.out_size() < 64 || g.out_size() < 4 * VectorWidth();
+      if (PointwiseConvPlan::Suits(g) && !small_plane) {
         plan = std::make_shared<PointwiseConvPlan>(g, attrs_.activation, constant);
       } else if (DirectConvPlan::Suits(g)) {
         plan = std::make_shared<DirectConvPlan>(g, attrs_.activation, constant);
-      } else if (DepthwiseConvPlan::Suits(g)) {
+      } else if (DepthwiseFlatPlan::Suits(g) && g.out[2] >= VectorWidth() * 3 / 2) {
+        // Wide rows vectorise well as they are: no layout conversion.
+        plan = std::make_shared<DepthwiseFlatPlan>(g, attrs_.activation);
+      } else if (DepthwiseConvPlan::Suits(g) && !small_plane) {
         plan = std::make_shared<DepthwiseConvPlan>(g, attrs_.activation, constant);
       }
     }
@@ -1481,7 +1681,7 @@ class ConvTransposeKernel final : public Kernel {
     const float* bd = b != nullptr ? b->data<float>() : nullptr;
     float* yd = y.data<float>();
     const int64_t in_size = g.in_size(), out_size = g.out_size(), k = g.kernel_size();
-    MaybeParallel(ctx.threads(), g.n * g.group, [&](int64_t job) {
+    MaybeParallel(ctx.threads(), g.n * g.group, g.n * g.c * in_size * g.mg * k, [&](int64_t job) {
       const int64_t n = job / g.group, grp = job % g.group;
       const float* xg = xd + (n * g.c + grp * g.cg) * in_size;
       float* yg = yd + (n * g.m + grp * g.mg) * out_size;

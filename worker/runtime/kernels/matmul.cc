@@ -69,6 +69,12 @@ float* Scratch(int slot, size_t floats) {
 // Below this many multiply-adds a primitive call costs more than SGEMM.
 constexpr int64_t kPrimitiveMinWork = 32 * 1024;
 
+// Waking pool workers (or an OpenMP team) costs microseconds, more on a busy
+// machine: only products worth about 20 us on one core are split.
+constexpr int64_t kParallelMinWork = int64_t{1} << 22;
+
+int UsefulThreads(int threads, int64_t work) { return work >= kParallelMinWork ? threads : 1; }
+
 // Shapes that do not fit the op (the executor adds the node's name).
 Status Invalid(const onnx::NodeProto&, const std::string& message) { return KernelError(message); }
 
@@ -380,7 +386,7 @@ class GemmKernel final : public Kernel {
     y = Tensor(DataType::kFloat, {m, n});
     if (y.size() == 0) return Status::Ok();
     float* yd = y.data<float>();
-    const int threads = ctx.threads().num_threads();
+    const int threads = UsefulThreads(ctx.threads().num_threads(), m * n * k);
     const bool use_c = c != nullptr && beta_ != 0.0f;
     const bool bias_folded = use_c && !bias_.empty() && c->SharesBufferWith(c_tensor_) && c->raw() == c_tensor_.raw();
     if (use_c && !bias_folded) {
@@ -403,7 +409,7 @@ class GemmKernel final : public Kernel {
       return Status::Ok();
     }
     const bool constant_b = weights_ != nullptr && b->SharesBufferWith(b_tensor_) && b->raw() == b_tensor_.raw();
-    if (!trans_a_ && (constant_b || (!trans_b_ && alpha_ == 1.0f))) {
+    if (threads == 1 && !trans_a_ && (constant_b || (!trans_b_ && alpha_ == 1.0f))) {
       // B as K x N row-major: the packed copy (alpha folded in) or B itself.
       const SmallGemmArgs g{a->data<float>(), k, constant_b ? weights_->plain() : b->data<float>(), n, yd, n, m, n, k,
                             bias_folded ? bias_.data() : nullptr, accumulate, nullptr};
@@ -549,15 +555,15 @@ class MatMulKernel final : public Kernel {
       std::fill(yd, yd + y.size(), 0.0f);
       return Status::Ok();
     }
-    const int threads = ctx.threads().num_threads();
     const int64_t a_count = NumElements(a_batch), b_count = NumElements(b_batch), count = NumElements(batch);
+    const int threads = UsefulThreads(ctx.threads().num_threads(), count * m * n * k);
     const float* ad = a->data<float>();
     const float* bd = b->data<float>();
 
     if (b_count == 1) {
       // Every batch of A against the same B: one [count * M, K] x [K, N].
       const int64_t rows = count * m;
-      if (SmallGemm({ad, k, bd, n, yd, n, rows, n, k, nullptr, false, nullptr})) return Status::Ok();
+      if (threads == 1 && SmallGemm({ad, k, bd, n, yd, n, rows, n, k, nullptr, false, nullptr})) return Status::Ok();
       const bool constant_b = weights_ != nullptr && b->SharesBufferWith(b_tensor_) && b->raw() == b_tensor_.raw();
       if (constant_b && rows * n * k >= kPrimitiveMinWork) {
         if (auto plan = cache_.Get(*weights_, rows, false, false, false, threads)) {
@@ -579,7 +585,7 @@ class MatMulKernel final : public Kernel {
                      yd + t * m * n, n, m, n, k, nullptr, false, nullptr});
         }
       };
-      if (pool.num_threads() > 1 && count >= pool.num_threads()) {
+      if (threads > 1 && count >= threads) {
         pool.ParallelFor(count, 1, run);
       } else {
         run(0, count);
@@ -605,7 +611,7 @@ class MatMulKernel final : public Kernel {
       dnnl_sgemm('N', 'N', m, n, k, 1.0f, ad + offsets[static_cast<size_t>(2 * t)], k,
                  bd + offsets[static_cast<size_t>(2 * t + 1)], n, 0.0f, yd + t * m * n, n);
     };
-    if (pool.num_threads() > 1 && count >= pool.num_threads()) {
+    if (threads > 1 && count >= threads) {
       pool.ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
         SetOmpThreads(1);
         for (int64_t t = begin; t < end; ++t) one(t);

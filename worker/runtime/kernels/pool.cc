@@ -35,12 +35,12 @@ Status CheckInput(const onnx::NodeProto& node, const Tensor* x) {
   return Status::Ok();
 }
 
-// Splits `planes` independent planes over the pool.
+// Splits `planes` independent planes over the pool. Waking workers costs
+// microseconds, so tensors under ~256K elements stay on the calling thread.
 template <typename Fn>
 void ForPlanes(ThreadPool& pool, int64_t planes, int64_t work_per_plane, Fn&& fn) {
-  // Aim for chunks of at least ~16K elements so tiny tensors stay inline.
-  const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(work_per_plane, 1));
-  if (pool.num_threads() > 1 && planes > grain) {
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(work_per_plane, 1));
+  if (pool.num_threads() > 1 && planes * work_per_plane >= (256 << 10) && planes > grain) {
     pool.ParallelFor(planes, grain, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) fn(p);
     });
