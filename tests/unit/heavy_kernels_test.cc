@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <onnx/onnx_pb.h>
@@ -672,6 +673,34 @@ TEST(HeavyKernelsConvTranspose, OutputShapeAndAutoPad) {
   CheckConvTranspose({1, 3, 3, 4, 2}, 1, {2, 2, 3}, p3, true, seed++);
 }
 
+// output_shape past the natural size: the extra rows and columns go at the
+// end (ONNX's floor-division split; values from the ONNX node test).
+TEST(HeavyKernelsConvTranspose, OutputShapeBeyondNaturalSize) {
+  std::vector<float> xv(9);
+  for (int i = 0; i < 9; ++i) xv[static_cast<size_t>(i)] = static_cast<float>(i);
+  const Tensor x = Tensor::FromVector<float>({1, 1, 3, 3}, xv);
+  const Tensor w = Tensor::FromVector<float>({1, 2, 3, 3}, std::vector<float>(18, 1.0f));
+  ref::ConvParams p;
+  p.strides = {3, 2};
+  p.output_shape = {10, 8};
+  auto actual = RunKernel(ConvNode(p, 2, "ConvTranspose").node(), {x, w});
+  ASSERT_TRUE(actual.ok()) << actual.status().message();
+  ASSERT_EQ((*actual)[0].shape(), (Shape{1, 2, 10, 8}));
+  const float row_block[3][8] = {
+      {0, 0, 1, 1, 3, 2, 2, 0}, {3, 3, 7, 4, 9, 5, 5, 0}, {6, 6, 13, 7, 15, 8, 8, 0}};
+  for (int c = 0; c < 2; ++c) {
+    for (int h = 0; h < 10; ++h) {
+      for (int wi = 0; wi < 8; ++wi) {
+        const float expected = h < 9 ? row_block[h / 3][wi] : 0.0f;
+        EXPECT_EQ((*actual)[0].data<float>()[(c * 10 + h) * 8 + wi], expected) << c << "," << h << "," << wi;
+      }
+    }
+  }
+  auto reference = ref::ConvTranspose(x, w, nullptr, p);
+  ASSERT_TRUE(reference.ok());
+  EXPECT_TRUE(Close((*actual)[0], *reference));
+}
+
 // ---------------------------------------------------------------------------
 // Gemm
 // ---------------------------------------------------------------------------
@@ -910,6 +939,36 @@ TEST(HeavyKernelsPool, MaxPoolIndices) {
   }
 }
 
+// MaxPool on int8, uint8 and double gives the float result (max is exact).
+TEST(HeavyKernelsPool, MaxPoolOtherTypes) {
+  ref::PoolParams p;
+  p.kernel_shape = {3, 3};
+  p.strides = {2, 2};
+  p.pads = {1, 1, 1, 1};
+  p.ceil_mode = true;
+  const Tensor f = Random({2, 3, 9, 8}, 7100, -100, 100);
+  auto expected = ref::MaxPool(f, p);
+  ASSERT_TRUE(expected.ok());
+  auto check = [&](DataType type, auto tag) {
+    using T = decltype(tag);
+    Tensor x(type, f.shape());
+    for (int64_t i = 0; i < f.size(); ++i) x.data<T>()[i] = static_cast<T>(std::round(f.data<float>()[i]) + (std::is_unsigned_v<T> ? 100 : 0));
+    auto actual = RunKernel(PoolNode("MaxPool", p).node(), {x});
+    ASSERT_TRUE(actual.ok()) << actual.status().message();
+    ASSERT_EQ((*actual)[0].dtype(), type);
+    Tensor as_float(DataType::kFloat, f.shape());
+    for (int64_t i = 0; i < f.size(); ++i) as_float.data<float>()[i] = static_cast<float>(x.data<T>()[i]);
+    auto want = ref::MaxPool(as_float, p);
+    ASSERT_TRUE(want.ok());
+    for (int64_t i = 0; i < want->size(); ++i) {
+      ASSERT_EQ(static_cast<float>((*actual)[0].data<T>()[i]), want->data<float>()[i]) << "element " << i;
+    }
+  };
+  check(DataType::kInt8, int8_t{});
+  check(DataType::kUint8, uint8_t{});
+  check(DataType::kDouble, double{});
+}
+
 TEST(HeavyKernelsPool, GlobalPools) {
   uint32_t seed = 8000;
   for (const Shape& shape : {Shape{2, 3, 7}, Shape{2, 5, 7, 7}, Shape{1, 4, 33, 1}, Shape{3, 2, 2, 3, 4}}) {
@@ -936,6 +995,8 @@ TEST(HeavyKernelsPool, Errors) {
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   p.kernel_shape = {2, 2};
   r = RunKernel(PoolNode("AveragePool", p).node(), {Tensor::Zeros(DataType::kUint8, {1, 1, 4, 4})});
+  EXPECT_EQ(r.status().code(), StatusCode::kUnimplemented);
+  r = RunKernel(PoolNode("MaxPool", p).node(), {Tensor::Zeros(DataType::kInt32, {1, 1, 4, 4})});
   EXPECT_EQ(r.status().code(), StatusCode::kUnimplemented);
 }
 

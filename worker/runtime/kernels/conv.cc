@@ -1,16 +1,25 @@
 // Conv, ConvTranspose and com.microsoft FusedConv (Conv followed by an
-// activation, the form graph optimisers fuse Conv+Relu/Clip into).
+// activation: the form graph optimisers fuse Conv+Relu/Clip into).
 //
-// Conv runs on oneDNN's convolution primitive. Its fast implementations want
-// channel-blocked tensors (nChw16c on AVX-512, nChw8c on AVX2) while the
-// executor hands over NCHW, so each call converts a few images at a time:
-// NCHW -> blocked while the input is hot in cache, convolution, blocked ->
-// NCHW. The conversions are hand-vectorised 8x8 transposes that run at cache
-// bandwidth, far cheaper than the convolution. Primitives (and the weights
-// re-laid out for them) are built once per input shape and cached.
+// The executor's tensors are NCHW. Fast convolution code wants channels
+// interleaved in vectors (oneDNN's nChw16c), which costs a layout conversion
+// of the input and the output on every call, so each shape gets the cheapest
+// of (chosen once per input shape, cached with its packed weights):
+//  - pointwise (1x1) layers: a register-tiled GEMM straight on the NCHW
+//    planes, Y[M, HW] = W[M, K] x X[K, HW];
+//  - few input channels (first layers): a direct kernel on NCHW rows;
+//  - depthwise layers: a stencil straight on wide NCHW rows, or on groups of
+//    16 channels converted to interleaved form in L1;
+//  - everything else, and the small 7x7 planes where vectors along the width
+//    waste lanes: oneDNN's blocked convolution, converting a few images at a
+//    time while they are hot in cache with vectorised transposes;
+//  - shapes oneDNN refuses: im2col + SGEMM, which handles any geometry.
+// ConvTranspose uses GEMM + col2im.
 //
-// Shapes oneDNN refuses fall back to im2col + SGEMM, which handles any
-// geometry; ConvTranspose always uses GEMM + col2im.
+// Threads: plans split images (or channel blocks) over the executor's pool
+// and keep oneDNN single-threaded inside, or, for a single large image, let
+// oneDNN's OpenMP team use the same thread count; small layers stay on the
+// calling thread.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -25,7 +34,6 @@
 #include <mutex>
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -79,6 +87,24 @@ float* Scratch(ScratchSlot slot, size_t floats) {
     buffer.capacity = bytes / sizeof(float);
   }
   return buffer.data;
+}
+
+// Widest vector width to use, in floats: the CPU's, capped by
+// QUANTD_RUNTIME_ISA=avx2|sse (to compare code paths, and to test the
+// narrower ones on wider machines).
+int VectorWidth() {
+  static const int width = [] {
+    int w = __builtin_cpu_supports("avx512f")                                   ? 16
+            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                : 4;
+    if (const char* cap = std::getenv("QUANTD_RUNTIME_ISA")) {
+      const std::string name = cap;
+      if (name == "avx2") w = std::min(w, 8);
+      if (name == "sse") w = 4;
+    }
+    return w;
+  }();
+  return width;
 }
 
 // Shapes that do not fit the op (the executor adds the node's name).
@@ -344,7 +370,7 @@ __attribute__((target("avx"))) void ConvertLayout8(float* planar, float* blocked
 // (channels-last is the single-block case block == channels).
 template <bool kToBlocked>
 void ConvertLayout(float* planar, float* blocked, int64_t channels, int64_t spatial, int64_t block) {
-  static const int isa = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx") ? 1 : 0;
+  const int isa = VectorWidth() >= 16 ? 2 : VectorWidth() >= 8 ? 1 : 0;
   if (isa == 2 && block % 16 == 0) return ConvertLayout16<kToBlocked>(planar, blocked, channels, spatial, block);
   if (isa >= 1 && block % 8 == 0) return ConvertLayout8<kToBlocked>(planar, blocked, channels, spatial, block);
   ConvertLayoutTiles<kToBlocked, Tile1>(planar, blocked, channels, spatial, block);
@@ -830,9 +856,11 @@ __attribute__((always_inline)) inline void DirectConvTile(const DirectConvArgs& 
 template <int VL>
 __attribute__((always_inline)) inline void DirectConvBlock(const DirectConvArgs& a, int64_t block, float* y,
                                                            int64_t valid_oc) {
+  // 8 x 2 vectors of accumulators fit AVX-512's 32 registers; AVX2 has 16.
+  constexpr int kNV = VL == 16 ? 2 : 1;
   for (int64_t oh = 0; oh < a.out_h; ++oh) {
     int64_t v = 0;
-    for (; v + 2 <= a.vectors; v += 2) DirectConvTile<VL, 2>(a, block, oh, v, y, valid_oc);
+    for (; v + kNV <= a.vectors; v += kNV) DirectConvTile<VL, kNV>(a, block, oh, v, y, valid_oc);
     if (v < a.vectors) DirectConvTile<VL, 1>(a, block, oh, v, y, valid_oc);
   }
 }
@@ -858,16 +886,8 @@ class DirectConvPlan final : public ConvPlan {
   }
 
   DirectConvPlan(const ConvGeometry& g, const Activation& act, const float* constant_weights) : g_(g), act_(act) {
-    if (__builtin_cpu_supports("avx512f")) {
-      vl_ = 16;
-      block_fn_ = DirectConvBlock16;
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      vl_ = 8;
-      block_fn_ = DirectConvBlock8;
-    } else {
-      vl_ = 4;
-      block_fn_ = DirectConvBlock4;
-    }
+    vl_ = VectorWidth();
+    block_fn_ = vl_ == 16 ? DirectConvBlock16 : vl_ == 8 ? DirectConvBlock8 : DirectConvBlock4;
     vectors_ = (g.out[2] + vl_ - 1) / vl_;
     hp_ = g.in[1] + g.pad_begin[1] + g.pad_end[1];
     wp_ = std::max(vectors_ * vl_ + (g.kernel[2] - 1) * g.dilation[2], g.pad_begin[2] + g.in[2]);
@@ -958,13 +978,6 @@ class DirectConvPlan final : public ConvPlan {
   void (*block_fn_)(const DirectConvArgs&, int64_t, float*, int64_t) = nullptr;
 };
 
-// Vector width (floats) of the widest ISA the direct kernels are built for.
-int VectorWidth() {
-  static const int width = __builtin_cpu_supports("avx512f")                                   ? 16
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
-                                                                                               : 4;
-  return width;
-}
 
 // Weights [M][taps] as [M/8][taps][8], zero rows past M.
 std::vector<float> PackBy8(const float* w, int64_t m, int64_t taps) {
@@ -1033,10 +1046,12 @@ template <int VL, bool kClamp>
 __attribute__((always_inline)) inline void PointwiseImageImpl(const PointwiseArgs& a, const float* x, float* y,
                                                               int64_t first, int64_t last, float* tail) {
   const int64_t full = a.hw / VL, rem = a.hw % VL;
+  // 8 x 3 vectors of accumulators fit AVX-512's 32 registers; AVX2 has 16.
+  constexpr int kNV = VL == 16 ? 3 : 1;
   int64_t v = 0;
-  for (; v + 3 <= full; v += 3) {
+  for (; v + kNV <= full; v += kNV) {
     for (int64_t b = first; b < last; ++b) {
-      PointwiseTile<VL, 3, false, kClamp>(a, x + v * VL, a.hw, b, y + b * 8 * a.hw + v * VL, 3 * VL);
+      PointwiseTile<VL, kNV, false, kClamp>(a, x + v * VL, a.hw, b, y + b * 8 * a.hw + v * VL, kNV * VL);
     }
   }
   if (full - v == 2) {
@@ -1560,6 +1575,7 @@ class ConvKernel final : public Kernel {
   std::shared_ptr<const ConvPlan> GetPlan(const ConvGeometry& g, bool has_bias, bool constant_w, int threads) const {
     Shape key = {g.n, g.c, g.m, has_bias, constant_w, threads};
     key.insert(key.end(), g.in.begin(), g.in.end());
+    key.insert(key.end(), g.kernel.begin(), g.kernel.end());
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
@@ -1639,13 +1655,16 @@ StatusOr<ConvGeometry> ResolveConvTranspose(const onnx::NodeProto& node, const C
     if (!requested.empty()) target = requested[iu];
     else if (same) target = g.in[s] * g.stride[s];
     if (target >= 0) {
+      // The ONNX definition halves with floor division: an output_shape past
+      // the natural size (negative total) grows the end, not the start.
       const int64_t total = natural - target;
+      const int64_t half = total >= 0 ? total / 2 : -((1 - total) / 2);
       if (a.auto_pad == "SAME_UPPER") {
-        g.pad_begin[s] = total / 2;
-        g.pad_end[s] = total - total / 2;
+        g.pad_begin[s] = half;
+        g.pad_end[s] = total - half;
       } else {
-        g.pad_begin[s] = total - total / 2;
-        g.pad_end[s] = total / 2;
+        g.pad_begin[s] = total - half;
+        g.pad_end[s] = half;
       }
       g.out[s] = target;
     } else {

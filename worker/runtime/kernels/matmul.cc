@@ -82,6 +82,24 @@ Status NotFloat(const onnx::NodeProto&) {
   return Status(StatusCode::kUnimplemented, "RUNTIME_UNSUPPORTED_TYPE", "only float32 inputs are supported");
 }
 
+// Widest vector width to use, in floats: the CPU's, capped by
+// QUANTD_RUNTIME_ISA=avx2|sse (to compare code paths, and to test the
+// narrower ones on wider machines).
+int VectorWidth() {
+  static const int width = [] {
+    int w = __builtin_cpu_supports("avx512f")                                   ? 16
+            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                : 4;
+    if (const char* cap = std::getenv("QUANTD_RUNTIME_ISA")) {
+      const std::string name = cap;
+      if (name == "avx2") w = std::min(w, 8);
+      if (name == "sse") w = 4;
+    }
+    return w;
+  }();
+  return width;
+}
+
 // ---------------------------------------------------------------------------
 // Small products (a few rows: batch-1 layers, attention heads) lose more to
 // a primitive call or SGEMM's packing than they spend computing, so they run
@@ -90,12 +108,6 @@ Status NotFloat(const onnx::NodeProto&) {
 // broadcast.
 // ---------------------------------------------------------------------------
 
-int VectorWidth() {
-  static const int width = __builtin_cpu_supports("avx512f")                                   ? 16
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
-                                                                                               : 0;
-  return width;
-}
 
 // C[M, N] = A[M, K] x B[K, N] (+ bias[N]) (+ C when accumulating); all
 // row-major with leading dimensions. `tail` has room for K x 16 floats.
@@ -182,7 +194,8 @@ __attribute__((always_inline)) inline void SmallGemmImpl(const SmallGemmArgs& g)
     }
   }
   int64_t i0 = 0;
-  for (; i0 + 8 <= g.m; i0 += 8) SmallGemmRows<VL, 8, 3>(g, i0, 8);
+  // 8 x 3 vectors of accumulators fit AVX-512's 32 registers; AVX2 has 16.
+  for (; i0 + 8 <= g.m; i0 += 8) SmallGemmRows<VL, 8, VL == 16 ? 3 : 1>(g, i0, 8);
   for (; i0 < g.m; ++i0) SmallGemmRows<VL, 1, 4>(g, i0, 1);
 }
 
@@ -192,7 +205,7 @@ __attribute__((target("avx2,fma"))) void SmallGemm8(const SmallGemmArgs& g) { Sm
 // Runs the small kernel when this CPU has one; false: use another path.
 bool SmallGemm(SmallGemmArgs g) {
   const int width = VectorWidth();
-  if (width == 0 || g.m > kSmallGemmMaxRows) return false;
+  if (width < 8 || g.m > kSmallGemmMaxRows) return false;
   g.tail = Scratch(1, static_cast<size_t>(g.k * 16));
   if (width == 16) SmallGemm16(g);
   else SmallGemm8(g);
@@ -575,20 +588,12 @@ class MatMulKernel final : public Kernel {
       dnnl_sgemm('N', 'N', rows, n, k, 1.0f, ad, k, bd, n, 0.0f, yd, n);
       return Status::Ok();
     }
-    if (m <= kSmallGemmMaxRows && VectorWidth() != 0) {
+    if (m <= kSmallGemmMaxRows && VectorWidth() >= 8 && threads == 1) {
       // Many small matrices (attention): the small kernel per matrix.
-      std::vector<int64_t> offsets = BatchOffsets(batch, a_batch, b_batch, m, n, k);
-      ThreadPool& pool = ctx.threads();
-      auto run = [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          SmallGemm({ad + offsets[static_cast<size_t>(2 * t)], k, bd + offsets[static_cast<size_t>(2 * t + 1)], n,
-                     yd + t * m * n, n, m, n, k, nullptr, false, nullptr});
-        }
-      };
-      if (threads > 1 && count >= threads) {
-        pool.ParallelFor(count, 1, run);
-      } else {
-        run(0, count);
+      const std::vector<int64_t> offsets = BatchOffsets(batch, a_batch, b_batch, m, n, k);
+      for (int64_t t = 0; t < count; ++t) {
+        SmallGemm({ad + offsets[static_cast<size_t>(2 * t)], k, bd + offsets[static_cast<size_t>(2 * t + 1)], n,
+                   yd + t * m * n, n, m, n, k, nullptr, false, nullptr});
       }
       return Status::Ok();
     }

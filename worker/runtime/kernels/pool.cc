@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <onnx/onnx_pb.h>
@@ -25,14 +26,33 @@ namespace {
 // Shapes that do not fit the op (the executor adds the node's name).
 Status Invalid(const onnx::NodeProto&, const std::string& message) { return KernelError(message); }
 
-Status CheckInput(const onnx::NodeProto& node, const Tensor* x) {
+// `types`: the element types this kernel runs on.
+Status CheckInput(const onnx::NodeProto& node, const Tensor* x, std::initializer_list<DataType> types) {
   if (x == nullptr) return Invalid(node, "X is required");
-  if (x->dtype() != DataType::kFloat) {
+  if (std::find(types.begin(), types.end(), x->dtype()) == types.end()) {
     return Status(StatusCode::kUnimplemented, "RUNTIME_UNSUPPORTED_TYPE",
-                  "only float32 is supported, got " + ToString(x->dtype()));
+                  node.op_type() + " does not support element type " + ToString(x->dtype()));
   }
   if (x->rank() < 3) return Invalid(node, "X " + ShapeToString(x->shape()) + " must have rank >= 3");
   return Status::Ok();
+}
+
+// Widest vector width to use, in floats: the CPU's, capped by
+// QUANTD_RUNTIME_ISA=avx2|sse (to compare code paths, and to test the
+// narrower ones on wider machines).
+int VectorWidth() {
+  static const int width = [] {
+    int w = __builtin_cpu_supports("avx512f")                                   ? 16
+            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                : 4;
+    if (const char* cap = std::getenv("QUANTD_RUNTIME_ISA")) {
+      const std::string name = cap;
+      if (name == "avx2") w = std::min(w, 8);
+      if (name == "sse") w = 4;
+    }
+    return w;
+  }();
+  return width;
 }
 
 // Splits `planes` independent planes over the pool. Waking workers costs
@@ -292,7 +312,7 @@ __attribute__((target("avx2"))) void MaxPool2x2RowsAvx2(const float* x, float* y
 }
 
 void MaxPool2x2Rows(const float* x, float* y, int64_t w, int64_t rows, int64_t ow_count) {
-  static const int level = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+  const int level = VectorWidth() >= 16 ? 2 : VectorWidth() >= 8 ? 1 : 0;
   if (level == 2) return MaxPool2x2RowsAvx512(x, y, w, rows, ow_count);
   if (level == 1) return MaxPool2x2RowsAvx2(x, y, w, rows, ow_count);
   for (int64_t oh = 0; oh < rows; ++oh) {
@@ -335,16 +355,28 @@ void Pool2D(const float* x, float* y, int64_t planes, const PoolGeometry& g, Thr
 // General N-d path (any rank, optional indices)
 // ---------------------------------------------------------------------------
 
-template <Mode kMode>
-void PoolNd(const float* x, float* y, int64_t* indices, int64_t planes, const PoolGeometry& g, int64_t storage_order,
+// Lowest value of T: the identity of max (-inf for floating types).
+template <typename T>
+constexpr T Lowest() {
+  if constexpr (std::numeric_limits<T>::has_infinity) {
+    return -std::numeric_limits<T>::infinity();
+  } else {
+    return std::numeric_limits<T>::lowest();
+  }
+}
+
+template <Mode kMode, typename T>
+void PoolNd(const T* x, T* y, int64_t* indices, int64_t planes, const PoolGeometry& g, int64_t storage_order,
             ThreadPool& pool) {
+  // Max stays in T; sums accumulate in float (double for double).
+  using Acc = std::conditional_t<kMode == Mode::kMax, T, std::conditional_t<std::is_same_v<T, double>, double, float>>;
   const size_t k = static_cast<size_t>(g.rank);
   std::vector<AxisTable> tables;
   for (size_t i = 0; i < k; ++i) tables.push_back(MakeTable(g, i));
   int64_t kernel_taps = 1;
   for (int64_t v : g.kernel) kernel_taps *= v;
   ForPlanes(pool, planes, g.in_size, [&](int64_t p) {
-    const float* xp = x + p * g.in_size;
+    const T* xp = x + p * g.in_size;
     std::vector<int64_t> opos(k, 0), tap(k), ipos(k);
     for (int64_t o = 0; o < g.out_size; ++o) {
       int64_t rest = o;
@@ -352,7 +384,7 @@ void PoolNd(const float* x, float* y, int64_t* indices, int64_t planes, const Po
         opos[i] = rest % g.out[i];
         rest /= g.out[i];
       }
-      float acc = kMode == Mode::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+      Acc acc = kMode == Mode::kMax ? Lowest<Acc>() : Acc{0};
       int64_t best = -1, valid = 0, padded = 1;
       for (size_t i = 0; i < k; ++i) padded *= tables[i].taps[static_cast<size_t>(opos[i])].padded;
       for (int64_t t = 0; t < kernel_taps; ++t) {
@@ -370,7 +402,7 @@ void PoolNd(const float* x, float* y, int64_t* indices, int64_t planes, const Po
         }
         if (!inside) continue;
         ++valid;
-        const float v = xp[flat];
+        const Acc v = xp[flat];
         if constexpr (kMode == Mode::kMax) {
           if (best < 0 || v > acc) {
             acc = v;
@@ -385,9 +417,9 @@ void PoolNd(const float* x, float* y, int64_t* indices, int64_t planes, const Po
           acc += v;
         }
       }
-      if constexpr (kMode == Mode::kAverage) acc = valid > 0 ? acc / static_cast<float>(valid) : 0.0f;
-      if constexpr (kMode == Mode::kAverageIncludePad) acc = padded > 0 ? acc / static_cast<float>(padded) : 0.0f;
-      y[p * g.out_size + o] = acc;
+      if constexpr (kMode == Mode::kAverage) acc = valid > 0 ? acc / static_cast<Acc>(valid) : Acc{0};
+      if constexpr (kMode == Mode::kAverageIncludePad) acc = padded > 0 ? acc / static_cast<Acc>(padded) : Acc{0};
+      y[p * g.out_size + o] = static_cast<T>(acc);
       if (indices != nullptr) indices[p * g.out_size + o] = p * g.in_size + std::max<int64_t>(best, 0);
     }
   });
@@ -405,12 +437,17 @@ class PoolKernel final : public Kernel {
 
   Status Compute(KernelContext& ctx) const override {
     const Tensor* x = ctx.input(0);
-    QUANTD_RETURN_IF_ERROR(CheckInput(node_, x));
+    if (max_) {
+      QUANTD_RETURN_IF_ERROR(
+          CheckInput(node_, x, {DataType::kFloat, DataType::kDouble, DataType::kInt8, DataType::kUint8}));
+    } else {
+      QUANTD_RETURN_IF_ERROR(CheckInput(node_, x, {DataType::kFloat, DataType::kDouble}));
+    }
     QUANTD_ASSIGN_OR_RETURN(PoolGeometry g, ResolvePool(node_, attrs_, x->shape()));
     Shape out_shape = {x->dim(0), x->dim(1)};
     out_shape.insert(out_shape.end(), g.out.begin(), g.out.end());
     Tensor& y = ctx.output(0);
-    y = Tensor(DataType::kFloat, out_shape);
+    y = Tensor(x->dtype(), out_shape);
     int64_t* indices = nullptr;
     if (want_indices_ && ctx.num_outputs() > 1) {
       ctx.output(1) = Tensor(DataType::kInt64, out_shape);
@@ -418,10 +455,16 @@ class PoolKernel final : public Kernel {
     }
     if (y.size() == 0) return Status::Ok();
     const int64_t planes = x->dim(0) * x->dim(1);
-    const float* xd = x->data<float>();
-    float* yd = y.data<float>();
     ThreadPool& pool = ctx.threads();
     const Mode mode = max_ ? Mode::kMax : attrs_.count_include_pad ? Mode::kAverageIncludePad : Mode::kAverage;
+    switch (x->dtype()) {
+      case DataType::kDouble: return RunGeneric<double>(*x, y, indices, planes, g, mode, pool);
+      case DataType::kInt8: return RunGeneric<int8_t>(*x, y, indices, planes, g, mode, pool);
+      case DataType::kUint8: return RunGeneric<uint8_t>(*x, y, indices, planes, g, mode, pool);
+      default: break;
+    }
+    const float* xd = x->data<float>();
+    float* yd = y.data<float>();
     if ((g.rank == 2 || g.rank == 1) && indices == nullptr) {
       PoolGeometry g2 = g;
       if (g.rank == 1) {
@@ -438,15 +481,29 @@ class PoolKernel final : public Kernel {
       }
       return Status::Ok();
     }
+    return RunGeneric<float>(*x, y, indices, planes, g, mode, pool);
+  }
+
+ private:
+  template <typename T>
+  Status RunGeneric(const Tensor& x, Tensor& y, int64_t* indices, int64_t planes, const PoolGeometry& g, Mode mode,
+                    ThreadPool& pool) const {
+    const T* xd = x.data<T>();
+    T* yd = y.data<T>();
     switch (mode) {
-      case Mode::kMax: PoolNd<Mode::kMax>(xd, yd, indices, planes, g, attrs_.storage_order, pool); break;
-      case Mode::kAverage: PoolNd<Mode::kAverage>(xd, yd, nullptr, planes, g, 0, pool); break;
-      case Mode::kAverageIncludePad: PoolNd<Mode::kAverageIncludePad>(xd, yd, nullptr, planes, g, 0, pool); break;
+      case Mode::kMax: PoolNd<Mode::kMax, T>(xd, yd, indices, planes, g, attrs_.storage_order, pool); break;
+      case Mode::kAverage:
+        if constexpr (std::is_floating_point_v<T>) PoolNd<Mode::kAverage, T>(xd, yd, nullptr, planes, g, 0, pool);
+        break;
+      case Mode::kAverageIncludePad:
+        if constexpr (std::is_floating_point_v<T>) {
+          PoolNd<Mode::kAverageIncludePad, T>(xd, yd, nullptr, planes, g, 0, pool);
+        }
+        break;
     }
     return Status::Ok();
   }
 
- private:
   const onnx::NodeProto node_;  // a copy: the graph may not outlive the kernel
   PoolAttributes attrs_;
   bool max_;
@@ -485,7 +542,7 @@ class GlobalPoolKernel final : public Kernel {
 
   Status Compute(KernelContext& ctx) const override {
     const Tensor* x = ctx.input(0);
-    QUANTD_RETURN_IF_ERROR(CheckInput(node_, x));
+    QUANTD_RETURN_IF_ERROR(CheckInput(node_, x, {DataType::kFloat}));
     Shape out_shape = {x->dim(0), x->dim(1)};
     out_shape.resize(static_cast<size_t>(x->rank()), 1);
     Tensor& y = ctx.output(0);

@@ -197,13 +197,15 @@ StatusOr<Tensor> ConvTranspose(const Tensor& x, const Tensor& w, const Tensor* b
     const int64_t eff = (kernel[i] - 1) * dilations[i] + 1;
     const int64_t natural = strides[i] * (in[i] - 1) + out_pad[i] + eff;
     if (!requested.empty()) {
+      // total_padding / 2 in the ONNX definition is floor division.
       const int64_t total = natural - requested[i];
+      const int64_t half = static_cast<int64_t>(std::floor(static_cast<double>(total) / 2.0));
       if (params.auto_pad == "SAME_UPPER") {
-        pads[i] = total / 2;
-        pads[i + k] = total - total / 2;
+        pads[i] = half;
+        pads[i + k] = total - half;
       } else {
-        pads[i] = total - total / 2;
-        pads[i + k] = total / 2;
+        pads[i] = total - half;
+        pads[i + k] = half;
       }
       out[i] = requested[i];
     } else {
