@@ -18,6 +18,7 @@
 
 #include <onnx/onnx_pb.h>
 
+#include "worker/runtime/kernels/cpu_features.h"
 #include "worker/runtime/kernel.h"
 
 namespace quantd::runtime {
@@ -35,24 +36,6 @@ Status CheckInput(const onnx::NodeProto& node, const Tensor* x, std::initializer
   }
   if (x->rank() < 3) return Invalid(node, "X " + ShapeToString(x->shape()) + " must have rank >= 3");
   return Status::Ok();
-}
-
-// Widest vector width to use, in floats: the CPU's, capped by
-// QUANTD_RUNTIME_ISA=avx2|sse (to compare code paths, and to test the
-// narrower ones on wider machines).
-int VectorWidth() {
-  static const int width = [] {
-    int w = __builtin_cpu_supports("avx512f")                                   ? 16
-            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
-                                                                                : 4;
-    if (const char* cap = std::getenv("QUANTD_RUNTIME_ISA")) {
-      const std::string name = cap;
-      if (name == "avx2") w = std::min(w, 8);
-      if (name == "sse") w = 4;
-    }
-    return w;
-  }();
-  return width;
 }
 
 // Splits `planes` independent planes over the pool. Waking workers costs
