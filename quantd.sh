@@ -9,6 +9,8 @@ BUILD_DIR="${QUANTD_BUILD_DIR:-$ROOT/build}"
 ASAN_BUILD_DIR="${QUANTD_ASAN_BUILD_DIR:-$ROOT/build-asan}"
 JOBS="${QUANTD_JOBS:-$(nproc)}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/quantd-ccache}"
+# Paths below the checkout hash as relative ones, so worktrees share hits.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
 
 DEBIAN_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
