@@ -2,7 +2,7 @@
 // to bench/ort_bench.js, one process per model and batch size).
 //
 //   quantd_bench --model M.onnx --batch B [--threads T] [--warmup W]
-//                [--iters N] [--min-seconds S] [--profile]
+//                [--iters N] [--min-seconds S] [--profile] [--no-fuse]
 //
 // Feeds every float graph input a deterministic pseudo-random tensor (the
 // same generator as ort_bench.js, so both sides see identical values), with
@@ -15,7 +15,8 @@
 //   rss_peak_kb      ru_maxrss at the end
 //   checksum         sum of every output element after the last run
 // --profile adds a per-node time table (mean and minimum over the timed
-// runs) on stderr, measured between consecutive tensor taps.
+// runs) on stderr, measured between consecutive tensor taps. --no-fuse runs
+// Conv and its activation as separate nodes (see graph_fusion.h).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -47,12 +48,13 @@ struct Options {
   int iters = 0;
   double min_seconds = 1.0;
   bool profile = false;
+  bool fuse = true;
 };
 
 [[noreturn]] void Usage(const std::string& error) {
   std::cerr << "quantd_bench: " << error << "\n"
             << "usage: quantd_bench --model M.onnx --batch B [--threads T] [--warmup W] [--iters N]"
-               " [--min-seconds S]\n";
+               " [--min-seconds S] [--profile] [--no-fuse]\n";
   std::exit(2);
 }
 
@@ -62,6 +64,11 @@ Options ParseArgs(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg == "--profile") {
       o.profile = true;
+      --i;
+      continue;
+    }
+    if (arg == "--no-fuse") {
+      o.fuse = false;
       --i;
       continue;
     }
@@ -119,6 +126,7 @@ int main(int argc, char** argv) {
   if (!model.ok()) return Fail("loading " + opts.model, model.status());
   quantd::runtime::ExecutorOptions exec_options;
   exec_options.num_threads = opts.threads;
+  exec_options.fuse_activations = opts.fuse;
   auto executor = quantd::runtime::Executor::Create(*model, exec_options);
   if (!executor.ok()) return Fail("preparing " + opts.model, executor.status());
   *model = onnx::ModelProto();  // the executor holds its own copy of what it needs

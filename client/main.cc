@@ -293,7 +293,11 @@ int Convert(const Args& args) {
 std::unique_ptr<quantd::runtime::Executor> LoadExecutor(const std::string& path, int threads) {
   auto model = quantd::LoadModel(path, quantd::ModelLimits{});
   if (!model.ok()) DieStatus(model.status().WithContext(path));
-  auto executor = quantd::runtime::Executor::Create(*model, {threads, nullptr});
+  quantd::runtime::ExecutorOptions options;
+  options.num_threads = threads;
+  // Only graph outputs are returned here, so intermediates may be fused away.
+  options.fuse_activations = true;
+  auto executor = quantd::runtime::Executor::Create(*model, options);
   if (!executor.ok()) DieStatus(executor.status());
   return std::move(*executor);
 }

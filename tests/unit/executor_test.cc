@@ -2,10 +2,12 @@
 // memory release and in-place reuse, error texts, concurrent runs, dynamic
 // batch shape subgraphs, and elementwise broadcasting against a naive
 // reference.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -693,6 +695,94 @@ TEST(ExecutorTest, QuantizeLinearRoundsHalfToEvenAndSaturates) {
   ASSERT_TRUE(out.ok()) << out.status().message();
   const int8_t* y = out->at("y").data<int8_t>();
   EXPECT_EQ(std::vector<int>(y, y + 6), (std::vector<int>{1, 3, -1, 127, -128, 3}));
+}
+
+// ------------------------------------------------------------------ fusion
+
+// x -> Conv(3x3, pad 1) -> c1 -> act -> a1 -> Conv -> c2 -> Clip(0, 6) -> y,
+// plus a Conv whose output is both a graph output and activated.
+ModelProto ConvActivationChain(const std::string& first_activation) {
+  GraphBuilder g(13);
+  g.Input("x", DataType::kFloat, {2, 3, 8, 8});
+  g.Initializer("w1", RandomFloats({4, 3, 3, 3}, 11));
+  g.Initializer("b1", RandomFloats({4}, 12));
+  g.Initializer("w2", RandomFloats({5, 4, 1, 1}, 13));
+  g.Initializer("lo", Tensor::Scalar<float>(0.0f));
+  g.Initializer("hi", Tensor::Scalar<float>(6.0f));
+  auto& conv1 = g.Node("Conv", {"x", "w1", "b1"}, {"c1"}, "conv1");
+  IntsAttr(conv1, "pads", {1, 1, 1, 1});
+  auto& act = g.Node(first_activation, {"c1"}, {"a1"}, "act1");
+  if (first_activation == "LeakyRelu") {
+    auto* alpha = act.add_attribute();
+    alpha->set_name("alpha");
+    alpha->set_type(onnx::AttributeProto::FLOAT);
+    alpha->set_f(0.3f);
+  }
+  g.Node("Conv", {"a1", "w2"}, {"c2"}, "conv2");
+  g.Node("Clip", {"c2", "lo", "hi"}, {"y"}, "clip2");
+  g.Node("Conv", {"a1", "w2"}, {"c3"}, "conv3");
+  g.Node("Relu", {"c3"}, {"r3"}, "relu3");
+  g.Output("y").Output("c3").Output("r3");
+  return g.model();
+}
+
+std::vector<std::string> OpTypes(const Executor& executor) {
+  std::vector<std::string> ops;
+  for (int index : executor.execution_order()) ops.push_back(executor.nodes()[static_cast<size_t>(index)].op_type());
+  return ops;
+}
+
+TEST(ExecutorFusionTest, FusedConvActivationsMatchSeparateNodes) {
+  for (const std::string activation : {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"}) {
+    SCOPED_TRACE(activation);
+    const ModelProto model = ConvActivationChain(activation);
+    auto plain = MustCreate(model);
+    ExecutorOptions options;
+    options.fuse_activations = true;
+    auto fused = Executor::Create(model, options);
+    ASSERT_TRUE(plain && fused.ok()) << fused.status().message();
+    // conv3's output is a graph output, so only the other two pairs fuse.
+    EXPECT_EQ(OpTypes(**fused), (std::vector<std::string>{"FusedConv", "FusedConv", "Conv", "Relu"}));
+    const Tensor x = RandomFloats({2, 3, 8, 8}, 7);
+    auto expected = plain->Run({{"x", x}});
+    auto actual = (*fused)->Run({{"x", x}});
+    ASSERT_TRUE(expected.ok() && actual.ok());
+    for (const std::string name : {"y", "c3", "r3"}) {
+      const auto want = Values(expected->at(name));
+      const auto got = Values(actual->at(name));
+      ASSERT_EQ(want.size(), got.size());
+      for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4f * (1.0f + std::fabs(want[i])));
+    }
+    // The clamp really ran: ReLU6 bounds hold and are reached.
+    const auto y = Values(actual->at("y"));
+    EXPECT_EQ(*std::min_element(y.begin(), y.end()), 0.0f);
+  }
+}
+
+TEST(ExecutorFusionTest, KeptAndSharedTensorsAreNotFusedAway) {
+  ModelProto model = ConvActivationChain("Relu");
+  // A second reader of c1 makes the conv1 -> act1 pair unfusable.
+  auto* extra = model.mutable_graph()->add_node();
+  extra->set_op_type("Neg");
+  extra->add_input("c1");
+  extra->add_output("n1");
+  auto* n1 = model.mutable_graph()->add_output();
+  n1->set_name("n1");
+  n1->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  ExecutorOptions options;
+  options.fuse_activations = true;
+  options.keep_unfused = {"c2"};
+  auto executor = Executor::Create(model, options);
+  ASSERT_TRUE(executor.ok()) << executor.status().message();
+  const auto ops = OpTypes(**executor);
+  EXPECT_EQ(std::count(ops.begin(), ops.end(), "FusedConv"), 0);
+
+  // Without the fusion, a tap sees the pre-activation tensors.
+  std::set<std::string> seen;
+  RunOptions run;
+  run.tap = [&](const NodeProto&, int, const std::string& name, const Tensor&) { seen.insert(name); };
+  ASSERT_TRUE((*executor)->Run({{"x", RandomFloats({2, 3, 8, 8}, 3)}}, run).ok());
+  EXPECT_TRUE(seen.count("c1") && seen.count("c2"));
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
 #include <random>
 
 namespace quantd::calib {
@@ -98,6 +100,87 @@ TEST(StreamingHistogramTest, WideningKeepsEveryCountAndQuantilesStayAccurate) {
   // The median of symmetric data is ~0.
   EXPECT_NEAR(histogram.Quantile(0.5), 0.0f, 0.05f);
   EXPECT_NEAR(histogram.seen_max(), 8.0f, 0.01f);
+}
+
+// KL divergence of the clipped-and-quantized histogram at threshold `i`,
+// computed bin by bin straight from its definition.
+double NaiveDivergence(const std::vector<double>& h, int i, int levels) {
+  std::vector<double> p(h.begin(), h.begin() + i), q(static_cast<size_t>(i), 0.0);
+  for (size_t j = static_cast<size_t>(i); j < h.size(); ++j) p.back() += h[j];
+  const double per_level = static_cast<double>(i) / levels;
+  for (int level = 0; level < levels; ++level) {
+    const int begin = static_cast<int>(level * per_level);
+    const int end = level == levels - 1 ? i : static_cast<int>((level + 1) * per_level);
+    double mass = 0.0;
+    int used = 0;
+    for (int j = begin; j < end; ++j) {
+      mass += h[static_cast<size_t>(j)];
+      used += h[static_cast<size_t>(j)] > 0 ? 1 : 0;
+    }
+    for (int j = begin; j < end; ++j) {
+      if (used > 0 && h[static_cast<size_t>(j)] > 0) q[static_cast<size_t>(j)] = mass / used;
+    }
+  }
+  double p_total = 0.0, q_total = 0.0;
+  for (int j = 0; j < i; ++j) {
+    p_total += p[static_cast<size_t>(j)];
+    q_total += q[static_cast<size_t>(j)];
+  }
+  double divergence = 0.0;
+  for (int j = 0; j < i; ++j) {
+    const double pj = p[static_cast<size_t>(j)] / p_total;
+    if (pj > 0) divergence += pj * std::log(pj / std::max(q[static_cast<size_t>(j)] / q_total, 1e-12));
+  }
+  return divergence;
+}
+
+TEST(ObserverTest, KlThresholdFindsTheMinimumOfTheDivergence) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 3; ++trial) {
+    SCOPED_TRACE(trial);
+    // Exponential-ish magnitudes with gaps and a sparse far tail, like ReLU
+    // outputs: empty bins, clipped mass and uneven groups all occur.
+    std::vector<double> histogram(1024, 0.0);
+    std::exponential_distribution<double> decay(6.0 + trial);
+    for (int n = 0; n < 200'000; ++n) {
+      auto bin = static_cast<size_t>(decay(rng) * 1024.0);
+      if (bin < histogram.size() && bin % 7 != 3) histogram[bin] += 1.0;
+    }
+    for (size_t j = 900; j < 1024; j += 41) histogram[j] += 2.0;
+    const int levels = 127;
+    const float threshold = KlThreshold(histogram, 1.0f, levels);
+    const int chosen = static_cast<int>(std::lround(threshold));
+    ASSERT_GE(chosen, levels);
+    ASSERT_LE(chosen, 1024);
+    double best = std::numeric_limits<double>::infinity();
+    for (int i = levels; i <= 1024; ++i) best = std::min(best, NaiveDivergence(histogram, i, levels));
+    // The coarse-to-fine search may stop in a near-tie, never far above the
+    // exhaustive minimum.
+    EXPECT_LE(NaiveDivergence(histogram, chosen, levels), best * 1.02 + 1e-9);
+  }
+}
+
+TEST(StreamingHistogramTest, MagnitudesSkipZerosAndFoldSigns) {
+  StreamingHistogram histogram(100, /*from_zero=*/true);
+  std::vector<float> values = {0.0f, -0.0f, 1.0f, -1.0f, 2.5f, -9.9f, 0.0f, 4.0f};
+  histogram.AddMagnitudes(values.data(), static_cast<int64_t>(values.size()));
+  EXPECT_DOUBLE_EQ(histogram.total(), 5.0);
+  double counted = 0.0;
+  for (double c : histogram.counts()) counted += c;
+  EXPECT_DOUBLE_EQ(counted, 5.0);
+  EXPECT_EQ(histogram.lo(), 0.0f);
+  EXPECT_GE(histogram.hi(), 9.9f);
+  // 1 and -1 share a bin; the bin of 0 holds nothing.
+  const float width = histogram.hi() / 100.0f;
+  EXPECT_DOUBLE_EQ(histogram.counts()[static_cast<size_t>(1.0f / width)], 2.0);
+  EXPECT_DOUBLE_EQ(histogram.counts()[0], 0.0);
+  // A second batch with a larger magnitude widens without losing counts.
+  std::vector<float> more = {-30.0f, 0.5f, 0.0f};
+  histogram.AddMagnitudes(more.data(), static_cast<int64_t>(more.size()));
+  counted = 0.0;
+  for (double c : histogram.counts()) counted += c;
+  EXPECT_DOUBLE_EQ(counted, 7.0);
+  EXPECT_GE(histogram.hi(), 30.0f);
 }
 
 }  // namespace

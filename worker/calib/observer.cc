@@ -88,23 +88,25 @@ class KlObserver final : public Observer {
   KlObserver() : magnitudes_(8192, /*from_zero=*/true) {}
 
   void Observe(const float* data, int64_t count) override {
-    float buffer[4096];
-    int64_t i = 0;
-    while (i < count) {
-      int filled = 0;
-      for (; i < count && filled < 4096; ++i) {
-        float v = data[i];
-        if (!std::isfinite(v)) continue;
-        if (!seen_any_) {
-          min_ = max_ = v;
-          seen_any_ = true;
-        }
-        min_ = std::min(min_, v);
-        max_ = std::max(max_, v);
-        if (v != 0.0f) buffer[filled++] = std::fabs(v);
+    if (count <= 0) return;
+    float lo, hi;
+    MinMax(data, count, lo, hi);
+    if (!std::isfinite(lo) || !std::isfinite(hi)) {
+      // Rare: drop the non-finite values and observe the rest.
+      std::vector<float> finite;
+      finite.reserve(static_cast<size_t>(count));
+      for (int64_t i = 0; i < count; ++i) {
+        if (std::isfinite(data[i])) finite.push_back(data[i]);
       }
-      magnitudes_.Add(buffer, filled);
+      if (!finite.empty() && finite.size() < static_cast<size_t>(count)) {
+        Observe(finite.data(), static_cast<int64_t>(finite.size()));
+      }
+      return;
     }
+    min_ = seen_any_ ? std::min(min_, lo) : lo;
+    max_ = seen_any_ ? std::max(max_, hi) : hi;
+    seen_any_ = true;
+    magnitudes_.AddMagnitudes(data, count);
   }
 
   TensorRange Seen() const override { return {min_, max_}; }
@@ -149,34 +151,82 @@ void StreamingHistogram::Widen(float lo, float hi) {
   }
 }
 
-void StreamingHistogram::Add(const float* data, int64_t count) {
-  if (count <= 0) return;
-  float lo, hi;
-  MinMax(data, count, lo, hi);
-  if (!std::isfinite(lo) || !std::isfinite(hi)) return;
+void StreamingHistogram::Cover(float lo, float hi) {
   if (total_ == 0) {
     seen_min_ = lo;
     seen_max_ = hi;
     float pad = std::max(1e-6f, (hi - lo) * 1e-3f);
     lo_ = from_zero_ ? 0.0f : lo - pad;
     hi_ = hi + pad;
-  } else {
-    seen_min_ = std::min(seen_min_, lo);
-    seen_max_ = std::max(seen_max_, hi);
-    if (lo < lo_ || hi > hi_) {
-      // Widen with headroom so a slowly growing range re-bins rarely.
-      float span = std::max(hi, hi_) - std::min(lo, lo_);
-      Widen(from_zero_ ? 0.0f : (lo < lo_ ? lo - 0.25f * span : lo_), hi > hi_ ? hi + 0.25f * span : hi_);
+    return;
+  }
+  seen_min_ = std::min(seen_min_, lo);
+  seen_max_ = std::max(seen_max_, hi);
+  if (lo < lo_ || hi > hi_) {
+    // Widen with headroom so a slowly growing range re-bins rarely.
+    float span = std::max(hi, hi_) - std::min(lo, lo_);
+    Widen(from_zero_ ? 0.0f : (lo < lo_ ? lo - 0.25f * span : lo_), hi > hi_ ? hi + 0.25f * span : hi_);
+  }
+}
+
+void StreamingHistogram::Count(const float* data, int64_t count, bool magnitudes) {
+  // Bin indices are computed a block at a time in a branch-free loop the
+  // compiler vectorises. The increments go to four interleaved integer
+  // histograms: runs of one value (ReLU zeros, flat image regions) would
+  // otherwise serialise on a single counter's load-add-store latency.
+  constexpr int64_t kBlock = 1024;
+  constexpr size_t kLanes = 4;
+  const size_t bins = counts_.size();
+  const size_t stride = bins + 1;  // the extra slot per lane takes zeros
+  thread_local std::vector<uint32_t> lanes;
+  lanes.assign(kLanes * stride, 0);
+  int32_t index[kBlock];
+  const float scale = static_cast<float>(bins) / (hi_ - lo_);
+  const float offset = magnitudes ? 0.0f : lo_;
+  const float last = static_cast<float>(bins - 1);
+  const auto zero_slot = static_cast<int32_t>(bins);
+  for (int64_t start = 0; start < count; start += kBlock) {
+    const int64_t n = std::min(kBlock, count - start);
+    const float* block = data + start;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = magnitudes ? std::fabs(block[i]) : block[i];
+      const auto bin = static_cast<int32_t>(std::min(std::max((v - offset) * scale, 0.0f), last));
+      index[i] = magnitudes && v == 0.0f ? zero_slot : bin;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      ++lanes[static_cast<size_t>(i) % kLanes * stride + static_cast<size_t>(index[i])];
     }
   }
-  const float scale = static_cast<float>(counts_.size()) / (hi_ - lo_);
-  const int64_t last = static_cast<int64_t>(counts_.size()) - 1;
-  for (int64_t i = 0; i < count; ++i) {
-    auto bin = static_cast<int64_t>((data[i] - lo_) * scale);
-    bin = bin < 0 ? 0 : (bin > last ? last : bin);
-    counts_[static_cast<size_t>(bin)] += 1.0;
+  int64_t counted = 0;
+  for (size_t b = 0; b < bins; ++b) {
+    uint32_t sum = 0;
+    for (size_t lane = 0; lane < kLanes; ++lane) sum += lanes[lane * stride + b];
+    counts_[b] += static_cast<double>(sum);
+    counted += sum;
   }
-  total_ += static_cast<double>(count);
+  total_ += static_cast<double>(counted);
+}
+
+void StreamingHistogram::Add(const float* data, int64_t count) {
+  if (count <= 0) return;
+  float lo, hi;
+  MinMax(data, count, lo, hi);
+  if (!std::isfinite(lo) || !std::isfinite(hi)) return;
+  Cover(lo, hi);
+  Count(data, count, /*magnitudes=*/false);
+}
+
+void StreamingHistogram::AddMagnitudes(const float* data, int64_t count) {
+  if (count <= 0) return;
+  float lo, hi;
+  MinMax(data, count, lo, hi);
+  if (!std::isfinite(lo) || !std::isfinite(hi)) return;
+  const float largest = std::max(std::fabs(lo), std::fabs(hi));
+  if (largest == 0.0f) return;  // all zeros: nothing to count
+  // seen_min() of a magnitude histogram is therefore 0, not the smallest
+  // non-zero magnitude (which would need another pass).
+  Cover(0.0f, largest);
+  Count(data, count, /*magnitudes=*/true);
 }
 
 float StreamingHistogram::Quantile(double fraction) const {
@@ -198,67 +248,74 @@ float StreamingHistogram::Quantile(double fraction) const {
 float KlThreshold(const std::vector<double>& abs_histogram, float bin_width, int levels) {
   const int bins = static_cast<int>(abs_histogram.size());
   if (bins <= levels) return static_cast<float>(bins) * bin_width;
+  // Prefix sums of h, h*log(h) and of the non-empty bin count make the
+  // divergence at one threshold cost O(levels) instead of O(bins): within a
+  // quantization group every non-empty bin gets the same Q value, so
+  //   sum_j p_j log(p_j / q) = (sum h log h - sum h * (log Pt + log q)) / Pt.
+  std::vector<double> mass(static_cast<size_t>(bins) + 1, 0.0), mass_log_mass(mass.size(), 0.0);
+  std::vector<int> nonzero(mass.size(), 0);
+  for (int j = 0; j < bins; ++j) {
+    const double h = abs_histogram[static_cast<size_t>(j)];
+    const auto k = static_cast<size_t>(j);
+    mass[k + 1] = mass[k] + h;
+    mass_log_mass[k + 1] = mass_log_mass[k] + (h > 0.0 ? h * std::log(h) : 0.0);
+    nonzero[k + 1] = nonzero[k] + (h > 0.0 ? 1 : 0);
+  }
+  // P is the histogram clipped at i bins with the clipped mass added to the
+  // last bin, so its total is always the whole mass.
+  const double p_total = mass[static_cast<size_t>(bins)];
+  if (p_total <= 0.0) return static_cast<float>(bins) * bin_width;
+  const double log_p_total = std::log(p_total);
+  constexpr double kFloor = 1e-12;  // Q for bins it leaves empty
+
+  auto divergence_at = [&](int i) {
+    // Q: the first i bins quantized to `levels` groups, each group's mass
+    // spread evenly over its non-empty bins; its total is mass[i].
+    const double q_total = mass[static_cast<size_t>(i)];
+    if (q_total <= 0.0) return std::numeric_limits<double>::infinity();
+    const double per_level = static_cast<double>(i) / levels;
+    double divergence = 0.0;
+    double last_bin_q = kFloor;
+    for (int level = 0; level < levels; ++level) {
+      const int begin = static_cast<int>(level * per_level);
+      const int end = level == levels - 1 ? i : static_cast<int>((level + 1) * per_level);
+      const auto b = static_cast<size_t>(begin), e = static_cast<size_t>(end);
+      const int count = nonzero[e] - nonzero[b];
+      if (count == 0) continue;
+      const double q = std::max((mass[e] - mass[b]) / count / q_total, kFloor);
+      // The last bin (which also carries the clipped mass) is added apart.
+      const size_t stop = end == i ? e - 1 : e;
+      const double h = mass[stop] - mass[b];
+      divergence += mass_log_mass[stop] - mass_log_mass[b] - h * (log_p_total + std::log(q));
+      if (end == i && abs_histogram[e - 1] > 0.0) last_bin_q = q;
+    }
+    const double last = abs_histogram[static_cast<size_t>(i) - 1] + (p_total - q_total);
+    if (last > 0.0) divergence += last * (std::log(last / p_total) - std::log(last_bin_q));
+    return divergence / p_total;
+  };
+
   double best_divergence = std::numeric_limits<double>::infinity();
   int best = bins;
-  std::vector<double> reference, expanded;
-  // Sum of counts beyond each candidate threshold, built from the top.
-  std::vector<double> beyond(static_cast<size_t>(bins) + 1, 0.0);
-  for (int i = bins - 1; i >= 0; --i)
-    beyond[static_cast<size_t>(i)] = beyond[static_cast<size_t>(i) + 1] + abs_histogram[static_cast<size_t>(i)];
-  auto divergence_at = [&](int i) {
-    // P: the histogram clipped at i bins, the clipped mass in the last bin.
-    reference.assign(abs_histogram.begin(), abs_histogram.begin() + i);
-    reference.back() += beyond[static_cast<size_t>(i)];
-    // Q: the first i bins quantized to `levels` groups, each group's mass
-    // spread evenly over its non-empty bins.
-    expanded.assign(static_cast<size_t>(i), 0.0);
-    const double per_level = static_cast<double>(i) / levels;
-    for (int level = 0; level < levels; ++level) {
-      int begin = static_cast<int>(level * per_level);
-      int end = level == levels - 1 ? i : static_cast<int>((level + 1) * per_level);
-      double mass = 0.0;
-      int nonzero = 0;
-      for (int j = begin; j < end; ++j) {
-        mass += abs_histogram[static_cast<size_t>(j)];
-        nonzero += abs_histogram[static_cast<size_t>(j)] > 0 ? 1 : 0;
-      }
-      if (nonzero == 0) continue;
-      for (int j = begin; j < end; ++j) {
-        if (abs_histogram[static_cast<size_t>(j)] > 0) expanded[static_cast<size_t>(j)] = mass / nonzero;
-      }
-    }
-    double p_total = 0.0, q_total = 0.0;
-    for (int j = 0; j < i; ++j) {
-      p_total += reference[static_cast<size_t>(j)];
-      q_total += expanded[static_cast<size_t>(j)];
-    }
-    if (p_total <= 0.0 || q_total <= 0.0) return std::numeric_limits<double>::infinity();
-    double divergence = 0.0;
-    for (int j = 0; j < i; ++j) {
-      double p = reference[static_cast<size_t>(j)] / p_total;
-      if (p <= 0.0) continue;
-      // Bins Q left empty (only possible for the clipped last bin) get a
-      // small floor instead of an infinite penalty.
-      double q = std::max(expanded[static_cast<size_t>(j)] / q_total, 1e-12);
-      divergence += p * std::log(p / q);
-    }
-    return divergence;
-  };
-  // Coarse pass over at most ~512 candidates, then every threshold around
-  // the best one: the fine histogram keeps resolution without paying for
-  // an exhaustive quadratic search.
-  const int stride = std::max(1, (bins - levels) / 512);
   auto consider = [&](int i) {
-    double divergence = divergence_at(i);
+    const double divergence = divergence_at(i);
     if (divergence < best_divergence) {
       best_divergence = divergence;
       best = i;
     }
   };
+  // Coarse to fine: ~128 evenly spaced thresholds, then every 16th and
+  // finally every threshold around the best so far. The divergence is
+  // smooth at the coarse scale; the fine steps keep the histogram's
+  // resolution without an exhaustive search.
+  int stride = std::max(1, (bins - levels) / 128);
   for (int i = levels; i <= bins; i += stride) consider(i);
   consider(bins);
-  const int center = best;
-  for (int i = std::max(levels, center - stride); i <= std::min(bins, center + stride); ++i) consider(i);
+  while (stride > 1) {
+    const int center = best;
+    const int finer = std::max(1, stride / 16);
+    for (int i = std::max(levels, center - stride); i <= std::min(bins, center + stride); i += finer) consider(i);
+    stride = finer;
+  }
   return static_cast<float>(best) * bin_width;
 }
 

@@ -37,6 +37,9 @@ class StreamingHistogram {
   explicit StreamingHistogram(int bins = 8192, bool from_zero = false)
       : counts_(static_cast<size_t>(bins), 0.0), from_zero_(from_zero) {}
   void Add(const float* data, int64_t count);
+  // Adds |x| of every non-zero x (for `from_zero` histograms): the KL
+  // observer's input, binned in the same pass that takes the magnitudes.
+  void AddMagnitudes(const float* data, int64_t count);
   bool empty() const { return total_ == 0; }
   float lo() const { return lo_; }
   float hi() const { return hi_; }
@@ -49,6 +52,12 @@ class StreamingHistogram {
 
  private:
   void Widen(float lo, float hi);
+  // Makes [lo, hi] fit, widening with headroom; false if nothing was added
+  // yet and the range was set instead (seen_* are updated either way).
+  void Cover(float lo, float hi);
+  // Counts each value's bin; values must be finite and inside the range
+  // (clamped to the end bins otherwise).
+  void Count(const float* data, int64_t count, bool magnitudes);
 
   std::vector<double> counts_;
   float lo_ = 0.0f, hi_ = 0.0f;

@@ -1,7 +1,10 @@
 #include "worker/pipeline/calibrate.h"
 
+#include <algorithm>
 #include <cstring>
+#include <future>
 #include <memory>
+#include <set>
 
 #include "worker/calib/dataset.h"
 #include "worker/calib/observer.h"
@@ -63,11 +66,31 @@ Tensor Stack(const std::vector<const Tensor*>& parts) {
   return stacked;
 }
 
+StatusOr<std::vector<calib::Sample>> LoadBatch(const calib::CalibrationDataset& dataset, size_t begin, size_t end) {
+  std::vector<calib::Sample> samples;
+  samples.reserve(end - begin);
+  for (size_t i = begin; i < end; ++i) {
+    QUANTD_ASSIGN_OR_RETURN(auto sample, dataset.Load(i));
+    samples.push_back(std::move(sample));
+  }
+  return samples;
+}
+
 // Runs `model` over the calibration set in batches and hands every
-// produced tensor (and every fed input) to `visit`.
+// produced tensor (and every fed input) to `visit`. The next batch is
+// decoded on a second thread while the current one runs, so file reading
+// and image decoding cost no time of their own.
+//
+// Conv and the activation after it run fused except where `keep_unfused`
+// names the Conv output; fused-away tensors never reach `visit`.
 Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto& model,
+                      const std::set<std::string>& keep_unfused,
                       const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
-  QUANTD_ASSIGN_OR_RETURN(auto executor, runtime::Executor::Create(model, {request.num_threads, nullptr}));
+  runtime::ExecutorOptions executor_options;
+  executor_options.num_threads = request.num_threads;
+  executor_options.fuse_activations = true;
+  executor_options.keep_unfused = keep_unfused;
+  QUANTD_ASSIGN_OR_RETURN(auto executor, runtime::Executor::Create(model, executor_options));
   std::vector<calib::InputSpec> specs;
   bool batchable = true;
   for (const auto& input : executor->inputs()) {
@@ -83,17 +106,23 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
   const size_t batch = batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
   runtime::RunOptions options;
   options.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) { visit(name, value); };
+  auto load_async = [&dataset, total, batch](size_t begin) {
+    return std::async(std::launch::async, LoadBatch, std::cref(dataset), begin, std::min(total, begin + batch));
+  };
+  std::future<StatusOr<std::vector<calib::Sample>>> next;
+  if (total > 0) next = load_async(0);
   for (size_t start = 0; start < total; start += batch) {
+    auto loaded = next.get();
+    if (!loaded.ok()) return loaded.status();
+    if (start + batch < total) next = load_async(start + batch);
+    // A pending load finishes before `next` goes out of scope, whatever
+    // path leaves this loop.
     if (request.on_progress && !request.on_progress(start, total)) return Cancelled("calibration cancelled");
-    std::vector<calib::Sample> samples;
-    for (size_t i = start; i < std::min(total, start + batch); ++i) {
-      QUANTD_ASSIGN_OR_RETURN(auto sample, dataset.Load(i));
-      samples.push_back(std::move(sample));
-    }
+    const std::vector<calib::Sample>& batch_samples = *loaded;
     std::map<std::string, Tensor> feeds;
     for (const auto& spec : specs) {
       std::vector<const Tensor*> parts;
-      for (const auto& sample : samples) parts.push_back(&sample.at(spec.name));
+      for (const auto& sample : batch_samples) parts.push_back(&sample.at(spec.name));
       feeds[spec.name] = parts.size() == 1 ? *parts.front() : Stack(parts);
       visit(spec.name, feeds[spec.name]);
     }
@@ -103,6 +132,29 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
   if (request.on_progress) request.on_progress(total, total);
   if (samples) *samples = total;
   return Status::Ok();
+}
+
+// Conv outputs that must stay visible: all but those read only by a
+// Relu/Clip that will be quantized. Full quantization never places Q/DQ
+// between such a pair (ONNX Runtime fuses it), so their own range is
+// never needed.
+std::set<std::string> ConvOutputsToKeep(const onnx::ModelProto& model, const CalibrationRequest& request) {
+  const auto& skip = request.config->common.skip_quant_node;
+  std::map<std::string, std::vector<const onnx::NodeProto*>> readers;
+  for (const auto& node : model.graph().node()) {
+    for (const auto& input : node.input()) readers[input].push_back(&node);
+  }
+  std::set<std::string> keep;
+  for (const auto& [tensor, axis] : request.channel_mean_tensors) keep.insert(tensor);
+  for (const auto& node : model.graph().node()) {
+    if (node.op_type() != "Conv" || node.output_size() != 1) continue;
+    const auto& users = readers[node.output(0)];
+    const bool fusable_reader = users.size() == 1 && (users[0]->op_type() == "Relu" || users[0]->op_type() == "Clip") &&
+                                std::find(skip.begin(), skip.end(), users[0]->name()) == skip.end() &&
+                                std::find(skip.begin(), skip.end(), node.name()) == skip.end();
+    if (!fusable_reader) keep.insert(node.output(0));
+  }
+  return keep;
 }
 
 }  // namespace
@@ -119,10 +171,21 @@ StatusOr<CalibrationResult> Calibrate(const CalibrationRequest& request) {
     observer->Observe(value.data<float>(), value.size());
     if (auto it = means.find(name); it != means.end()) it->second.Add(value);
   };
-  QUANTD_RETURN_IF_ERROR(RunOverDataset(request, *request.model, visit, &result.samples));
+  QUANTD_RETURN_IF_ERROR(
+      RunOverDataset(request, *request.model, ConvOutputsToKeep(*request.model, request), visit, &result.samples));
   for (const auto& [name, observer] : observers) {
     auto range = observer->Range();
     result.table[name] = {range.min, range.max};
+  }
+  // A Conv output fused into its Relu/Clip was never observed; it is
+  // listed with the activation's range so the pair counts as calibrated
+  // (the range itself is unused: no Q/DQ goes between the two).
+  for (const auto& node : request.model->graph().node()) {
+    if (node.op_type() != "Relu" && node.op_type() != "Clip") continue;
+    if (node.input_size() == 0 || node.output_size() != 1 || result.table.count(node.input(0))) continue;
+    if (auto it = result.table.find(node.output(0)); it != result.table.end()) {
+      result.table[node.input(0)] = it->second;
+    }
   }
   for (const auto& [name, mean] : means) result.channel_means[name] = mean.Mean();
   return result;
@@ -134,7 +197,9 @@ StatusOr<std::map<std::string, std::vector<double>>> MeasureChannelMeans(const C
   auto visit = [&](const std::string& name, const Tensor& value) {
     if (auto it = means.find(name); it != means.end()) it->second.Add(value);
   };
-  QUANTD_RETURN_IF_ERROR(RunOverDataset(request, *request.model, visit, nullptr));
+  std::set<std::string> keep;
+  for (const auto& [tensor, axis] : request.channel_mean_tensors) keep.insert(tensor);
+  QUANTD_RETURN_IF_ERROR(RunOverDataset(request, *request.model, keep, visit, nullptr));
   std::map<std::string, std::vector<double>> result;
   for (const auto& [name, mean] : means) result[name] = mean.Mean();
   return result;

@@ -8,6 +8,7 @@
 
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/tensor_util.h"
+#include "worker/runtime/graph_fusion.h"
 #include "worker/runtime/thread_pool.h"
 
 namespace quantd::runtime {
@@ -170,10 +171,16 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
     return it == opsets.end() ? -1 : it->second;
   };
 
+  nodes_.assign(graph.node().begin(), graph.node().end());
+  if (options.fuse_activations) {
+    const int fused = FuseConvActivations(nodes_, graph, opset_of(""), options.keep_unfused);
+    if (fused > 0 && opset_of("com.microsoft") < 1) opsets["com.microsoft"] = 1;
+  }
+
   // Every op must have a kernel; report all that do not, once each.
   std::vector<std::string> unsupported;
   std::set<std::pair<std::string, std::string>> seen;
-  for (const auto& node : graph.node()) {
+  for (const auto& node : nodes_) {
     int opset = opset_of(node.domain());
     if (opset >= 0 && registry.Find(node.domain(), node.op_type(), opset)) continue;
     if (!seen.insert({DomainLabel(node.domain()), node.op_type()}).second) continue;
@@ -188,7 +195,6 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
   }
 
   pool_ = std::make_unique<FixedThreadPool>(options.num_threads);
-  nodes_.assign(graph.node().begin(), graph.node().end());
 
   // Initializers are constants unless a graph input of the same name may
   // override them. Before IR version 4 every initializer had to be listed
@@ -224,18 +230,25 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
     input_slots_.push_back(slot);
   }
 
-  GraphView view(graph);
-  QUANTD_ASSIGN_OR_RETURN(order_, view.TopologicalOrder());
+  {
+    // Ordered over nodes_, which may differ from the stored graph by fusion.
+    onnx::GraphProto structure;
+    *structure.mutable_input() = graph.input();
+    *structure.mutable_output() = graph.output();
+    for (const auto& node : nodes_) *structure.add_node() = node;
+    GraphView view(structure);
+    QUANTD_ASSIGN_OR_RETURN(order_, view.TopologicalOrder());
+  }
 
   // Every name a node reads must be defined by something.
   std::set<std::string> defined(input_names.begin(), input_names.end());
   for (const auto& init : graph.initializer()) defined.insert(init.name());
-  for (const auto& node : graph.node()) {
+  for (const auto& node : nodes_) {
     for (const auto& o : node.output()) {
       if (!o.empty()) defined.insert(o);
     }
   }
-  for (const auto& node : graph.node()) {
+  for (const auto& node : nodes_) {
     for (const auto& i : node.input()) {
       if (!i.empty() && !defined.count(i)) {
         return BadModel(NodeLabel(node) + " reads '" + i + "', which no node, input or initializer defines");

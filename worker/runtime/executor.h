@@ -45,6 +45,13 @@ struct ExecutorOptions {
   int num_threads = 1;
   // nullptr selects KernelRegistry::Default().
   const KernelRegistry* registry = nullptr;
+  // Runs Conv and the activation after it as one com.microsoft FusedConv
+  // (see graph_fusion.h): faster, but the Conv's pre-activation output is
+  // then never produced, so taps do not see it and `keep` cannot name it,
+  // and tap node indices refer to the fused node list. Tensors listed in
+  // keep_unfused are never fused away.
+  bool fuse_activations = false;
+  std::set<std::string> keep_unfused = {};
 };
 
 // Called once for every tensor a node produces (every non-empty output
@@ -81,8 +88,9 @@ class Executor {
   const std::vector<TensorInfo>& inputs() const { return inputs_; }
   const std::vector<TensorInfo>& outputs() const { return outputs_; }
   // Nodes in the order Run() executes them (indices as passed to taps
-  // refer to the model's node list).
+  // refer to nodes(): the model's node list, after fusion if enabled).
   const std::vector<int>& execution_order() const { return order_; }
+  const std::vector<onnx::NodeProto>& nodes() const { return nodes_; }
   int num_threads() const;
 
  private:
