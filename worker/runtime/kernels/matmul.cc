@@ -25,6 +25,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "worker/runtime/kernel.h"
+#include "worker/runtime/kernels/cpu_features.h"
 
 namespace quantd::runtime {
 namespace {
@@ -80,24 +81,6 @@ Status Invalid(const onnx::NodeProto&, const std::string& message) { return Kern
 
 Status NotFloat(const onnx::NodeProto&) {
   return Status(StatusCode::kUnimplemented, "RUNTIME_UNSUPPORTED_TYPE", "only float32 inputs are supported");
-}
-
-// Widest vector width to use, in floats: the CPU's, capped by
-// QUANTD_RUNTIME_ISA=avx2|sse (to compare code paths, and to test the
-// narrower ones on wider machines).
-int VectorWidth() {
-  static const int width = [] {
-    int w = __builtin_cpu_supports("avx512f")                                   ? 16
-            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
-                                                                                : 4;
-    if (const char* cap = std::getenv("QUANTD_RUNTIME_ISA")) {
-      const std::string name = cap;
-      if (name == "avx2") w = std::min(w, 8);
-      if (name == "sse") w = 4;
-    }
-    return w;
-  }();
-  return width;
 }
 
 // ---------------------------------------------------------------------------
