@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
+#include <fstream>
 
 #include "tests/e2e/harness.h"
 #include "worker/calib/dataset.h"
@@ -70,6 +72,34 @@ TEST(QuantctlRunTest, WrongInputShapeIsRefusedNamingTheInputAndExpectedShape) {
   EXPECT_NE(run.exit_code, 0);
   EXPECT_NE(run.err.find("'input'"), std::string::npos) << run.err;
   EXPECT_NE(run.err.find("28"), std::string::npos) << run.err;
+  std::filesystem::remove_all(dir);
+}
+
+// Calibration decodes the next batch on another thread while one runs: a
+// bad file there must still fail the conversion, naming the file, and
+// leave no model behind.
+TEST(QuantctlConvertTest, UnreadableImageInALaterBatchFailsNamingIt) {
+  auto dir = TempDir("quantd-convert-bad-");
+  WriteFashionMnistImages(dir / "images", 40, 0, /*train=*/true);
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir / "images")) files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  ASSERT_EQ(files.size(), 40u);
+  const auto broken = files[35];  // in the second batch of 32
+  {
+    std::ofstream out(broken, std::ios::binary | std::ios::trunc);
+    out << "not a PNG at all";
+  }
+  std::ofstream(dir / "config.yaml") << "common_quant_param:\n  quant_type: FULL_QUANT\n"
+                                        "data_preprocess_param:\n  calibrate_path: input:"
+                                     << (dir / "images").string()
+                                     << "\n  calibrate_size: 40\n  input_type: IMAGE\n  image_to_format: GRAY\n"
+                                        "  normalize_mean: [0]\n  normalize_std: [255]\n";
+  auto convert = RunCommand({(BinDir() / "quantctl").string(), "convert", "--model", BundledModel().string(),
+                             "--config", (dir / "config.yaml").string(), "--out", (dir / "out").string()});
+  EXPECT_NE(convert.exit_code, 0);
+  EXPECT_NE(convert.err.find(broken.filename().string()), std::string::npos) << convert.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.onnx"));
   std::filesystem::remove_all(dir);
 }
 
