@@ -1,5 +1,7 @@
 #include "worker/pipeline/calibrate.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 
@@ -63,30 +65,15 @@ Tensor Stack(const std::vector<const Tensor*>& parts) {
   return stacked;
 }
 
-// Runs `model` over the calibration set in batches and hands every
-// produced tensor (and every fed input) to `visit`.
-Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto& model,
-                      const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
-  QUANTD_ASSIGN_OR_RETURN(auto executor, runtime::Executor::Create(model, {request.num_threads, nullptr}));
+// The calibration set as the executor's inputs want it, in batches.
+struct BatchedDataset {
   std::vector<calib::InputSpec> specs;
-  bool batchable = true;
-  for (const auto& input : executor->inputs()) {
-    if (input.optional) continue;
-    specs.push_back({input.name, input.dtype, input.shape});
-    // Several samples run as one batch only where the model leaves the
-    // batch dimension open.
-    batchable = batchable && input.has_shape && !input.shape.empty() && input.shape[0] < 0;
-  }
-  QUANTD_ASSIGN_OR_RETURN(auto dataset,
-                          calib::CalibrationDataset::Open(request.config->preprocess, request.folders, specs));
-  const size_t total = dataset.size();
-  const size_t batch = batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
-  runtime::RunOptions options;
-  options.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) { visit(name, value); };
-  for (size_t start = 0; start < total; start += batch) {
-    if (request.on_progress && !request.on_progress(start, total)) return Cancelled("calibration cancelled");
+  calib::CalibrationDataset dataset;
+  size_t batch = 1;
+
+  StatusOr<std::map<std::string, Tensor>> Load(size_t start) const {
     std::vector<calib::Sample> samples;
-    for (size_t i = start; i < std::min(total, start + batch); ++i) {
+    for (size_t i = start; i < std::min(dataset.size(), start + batch); ++i) {
       QUANTD_ASSIGN_OR_RETURN(auto sample, dataset.Load(i));
       samples.push_back(std::move(sample));
     }
@@ -95,8 +82,40 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
       std::vector<const Tensor*> parts;
       for (const auto& sample : samples) parts.push_back(&sample.at(spec.name));
       feeds[spec.name] = parts.size() == 1 ? *parts.front() : Stack(parts);
-      visit(spec.name, feeds[spec.name]);
     }
+    return feeds;
+  }
+};
+
+StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const runtime::Executor& executor) {
+  std::vector<calib::InputSpec> specs;
+  bool batchable = true;
+  for (const auto& input : executor.inputs()) {
+    if (input.optional) continue;
+    specs.push_back({input.name, input.dtype, input.shape});
+    // Several samples run as one batch only where the model leaves the
+    // batch dimension open.
+    batchable = batchable && input.has_shape && !input.shape.empty() && input.shape[0] < 0;
+  }
+  QUANTD_ASSIGN_OR_RETURN(auto dataset,
+                          calib::CalibrationDataset::Open(request.config->preprocess, request.folders, specs));
+  const size_t batch = batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
+  return BatchedDataset{std::move(specs), std::move(dataset), batch};
+}
+
+// Runs `model` over the calibration set in batches and hands every
+// produced tensor (and every fed input) to `visit`.
+Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto& model,
+                      const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
+  QUANTD_ASSIGN_OR_RETURN(auto executor, runtime::Executor::Create(model, {request.num_threads, nullptr}));
+  QUANTD_ASSIGN_OR_RETURN(auto batches, OpenBatches(request, *executor));
+  const size_t total = batches.dataset.size();
+  runtime::RunOptions options;
+  options.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) { visit(name, value); };
+  for (size_t start = 0; start < total; start += batches.batch) {
+    if (request.on_progress && !request.on_progress(start, total)) return Cancelled("calibration cancelled");
+    QUANTD_ASSIGN_OR_RETURN(auto feeds, batches.Load(start));
+    for (const auto& [name, value] : feeds) visit(name, value);
     QUANTD_ASSIGN_OR_RETURN(auto outputs, executor->Run(feeds, options));
     (void)outputs;
   }
@@ -105,7 +124,61 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
   return Status::Ok();
 }
 
+double Cosine(const float* a, const float* b, int64_t n) {
+  double dot = 0, norm_a = 0, norm_b = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    dot += static_cast<double>(a[i]) * b[i];
+    norm_a += static_cast<double>(a[i]) * a[i];
+    norm_b += static_cast<double>(b[i]) * b[i];
+  }
+  if (norm_a == 0 && norm_b == 0) return 1;
+  if (norm_a == 0 || norm_b == 0) return 0;
+  return dot / (std::sqrt(norm_a) * std::sqrt(norm_b));
+}
+
 }  // namespace
+
+StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, const onnx::ModelProto& candidate) {
+  QUANTD_ASSIGN_OR_RETURN(auto reference_executor,
+                          runtime::Executor::Create(*request.model, {request.num_threads, nullptr}));
+  QUANTD_ASSIGN_OR_RETURN(auto candidate_executor,
+                          runtime::Executor::Create(candidate, {request.num_threads, nullptr}));
+  QUANTD_ASSIGN_OR_RETURN(auto batches, OpenBatches(request, *reference_executor));
+  const size_t total = batches.dataset.size();
+  if (total == 0) return FailedPrecondition("CALIBRATION_EMPTY", "the calibration set has no samples");
+  OutputAgreement agreement;
+  double cosine_sum = 0;
+  int64_t compared = 0;
+  for (size_t start = 0; start < total; start += batches.batch) {
+    if (request.on_progress && !request.on_progress(start, total)) return Cancelled("output comparison cancelled");
+    QUANTD_ASSIGN_OR_RETURN(auto feeds, batches.Load(start));
+    const int64_t batch = static_cast<int64_t>(std::min(batches.batch, total - start));
+    QUANTD_ASSIGN_OR_RETURN(auto expected, reference_executor->Run(feeds));
+    QUANTD_ASSIGN_OR_RETURN(auto produced, candidate_executor->Run(feeds));
+    for (const auto& [name, reference] : expected) {
+      if (reference.dtype() != DataType::kFloat) continue;
+      auto it = produced.find(name);
+      if (it == produced.end() || it->second.dtype() != DataType::kFloat || it->second.shape() != reference.shape()) {
+        return Internal("OUTPUT_MISMATCH", "output '" + name + "' of the quantized model has another type or shape");
+      }
+      // One cosine per sample where the output is batched along dim 0.
+      const int64_t rows = reference.rank() > 0 && reference.dim(0) == batch ? batch : 1;
+      const int64_t row_size = rows > 0 ? reference.size() / rows : 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const double cosine =
+            Cosine(reference.data<float>() + r * row_size, it->second.data<float>() + r * row_size, row_size);
+        cosine_sum += cosine;
+        agreement.min_cosine = std::min(agreement.min_cosine, cosine);
+        ++compared;
+      }
+    }
+  }
+  if (request.on_progress) request.on_progress(total, total);
+  if (compared == 0) return FailedPrecondition("MODEL_NO_FLOAT_OUTPUT", "the model has no float output to compare");
+  agreement.mean_cosine = cosine_sum / static_cast<double>(compared);
+  agreement.samples = total;
+  return agreement;
+}
 
 StatusOr<CalibrationResult> Calibrate(const CalibrationRequest& request) {
   std::map<std::string, std::unique_ptr<calib::Observer>> observers;
