@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <string>
@@ -119,6 +120,8 @@ nlohmann::json SummaryJson(const WeightQuantReport& report, double init_scale, c
     }
     return rows;
   };
+  std::vector<int> candidate_bits;
+  for (int bits = kMixedBitMinBits; bits <= kMixedBitMaxBits; ++bits) candidate_bits.push_back(bits);
   nlohmann::json tuning_json = nullptr;
   if (tuning) {
     nlohmann::json trials = nlohmann::json::array();
@@ -136,7 +139,7 @@ nlohmann::json SummaryJson(const WeightQuantReport& report, double init_scale, c
   return {{"init_scale", init_scale},
           {"auto_tune", tuning.has_value()},
           {"budget", "per weight: ||W_q - W||_2 / ||W||_2 <= init_scale, symmetric per output channel"},
-          {"candidate_bits", {kMixedBitMinBits, kMixedBitMaxBits}},
+          {"candidate_bits", candidate_bits},
           {"bits_histogram", histogram(stored)},
           {"searched_bits_histogram", histogram(searched)},
           {"layers_missing_budget", missing_budget},
