@@ -206,7 +206,7 @@ StatusOr<MixedBitOutcome> QuantizeMixedBit(const PipelineRequest& request, const
     options.on_progress = keep_going;
     QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeWeights(candidate_model, options));
     const double done_before = static_cast<double>(tuning.trials.size());
-    calibration.on_progress = [&](size_t done, size_t total) {
+    calibration.on_progress = [&observer, done_before, expected_trials](size_t done, size_t total) {
       const double within = total == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total);
       observer.OnProgress("quantize", std::min(1.0, (done_before + within) / expected_trials));
       return !observer.CancelRequested();
