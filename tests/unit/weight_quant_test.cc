@@ -774,6 +774,23 @@ TEST(QuantizeWeights, MixedBitsStoreInt4AndInt8InOneModel) {
   EXPECT_EQ(FindQuantized(*r2, "B")->storage, WeightStorage::kInt4Packed);
 }
 
+TEST(QuantizeWeights, MixedBitsReportSearchAndWritingAsProgress) {
+  ModelProto m = MixedNet();
+  WeightQuantOptions opts;
+  opts.bits = 0;
+  std::vector<std::pair<size_t, size_t>> calls;
+  opts.on_progress = [&](size_t done, size_t total) {
+    calls.emplace_back(done, total);
+    return true;
+  };
+  ASSERT_TRUE(QuantizeWeights(m, opts).ok());
+  EXPECT_EQ(calls, (std::vector<std::pair<size_t, size_t>>{{0, 4}, {1, 4}, {2, 4}, {3, 4}}));
+
+  ModelProto stopped = MixedNet();
+  opts.on_progress = [](size_t, size_t) { return false; };
+  EXPECT_EQ(QuantizeWeights(stopped, opts).status().code(), StatusCode::kCancelled);
+}
+
 TEST(QuantizeWeights, MixedBitsFallBackToInt8WhenOpset21Refused) {
   ModelProto m = StuckAt13();
   WeightQuantOptions opts;

@@ -231,9 +231,15 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
   std::vector<int> bits_of(plans.size(), mixed ? kMixedBitMaxBits : opts.bits);
   std::vector<BitErrorCurve> curves(plans.size());
   std::vector<BitChoice> choices(plans.size());
+  // With mixed bits the search is the first half of the work.
+  const size_t steps = mixed ? 2 * plans.size() : plans.size();
+  const size_t steps_before_writing = steps - plans.size();
   if (mixed) {
     GraphView view(model.graph());
     for (size_t i = 0; i < plans.size(); ++i) {
+      if (opts.on_progress && !opts.on_progress(i, steps)) {
+        return Cancelled("mixed-bit search stopped before " + plans[i].tensor);
+      }
       const onnx::TensorProto* w = view.Initializer(plans[i].tensor);
       if (!w) continue;
       auto values = ReadFloatTensor(*w);
@@ -297,7 +303,7 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
     const Plan& plan = plans[plan_index];
     const int bits = bits_of[plan_index];
     const WeightStorage storage = storage_of[plan_index];
-    if (opts.on_progress && !opts.on_progress(plan_index, plans.size())) {
+    if (opts.on_progress && !opts.on_progress(steps_before_writing + plan_index, steps)) {
       return Cancelled("weight quantization stopped before " + plan.tensor);
     }
     const onnx::NodeProto& first = g.node(plan.uses.front().node);

@@ -29,6 +29,7 @@ struct WeightQuantOptions {
   std::set<std::string> skip_quant_node;
   // Called before each weight with (done, total); returning false stops the
   // pass with CANCELLED (the model is then half-rewritten and must be dropped).
+  // With mixed bits each weight counts twice: once searched, once written.
   std::function<bool(size_t done, size_t total)> on_progress;
 };
 
