@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Full (int8) quantization benchmark: accuracy, a PyTorch PTQ baseline,
-# inference speed in ONNX Runtime, calibration speed and observer memory.
+# inference speed in ONNX Runtime, calibration speed and observer memory;
+# mixed-bit weight quantization size and accuracy.
 #
-#   bench/quant_bench.sh [--sections "1 2 3 4 5"] [--repeat R] [--keep DIR]
+#   bench/quant_bench.sh [--sections "1 2 3 4 5 6"] [--repeat R] [--keep DIR]
 #
 # Run from anywhere after ./quantd.sh build (needs build/bin/quantctl,
 # onnxruntime-node in tests/peer, Debian's /usr/bin/python3 with torch, numpy
@@ -29,6 +30,11 @@
 #                 runs; targets MAX_MIN <= 1.5x, KL <= 2.5x.
 #   5 memory      peak RSS (/usr/bin/time -f %M) of those conversions with 100
 #                 vs 500 calibration images; target: 500 within 10% of 100.
+#   6 mixed-bit   WEIGHT_QUANT bit_num 0 (init_scale 0.02, and auto_tune on
+#                 100 train images) vs fixed 8-bit and 4-bit weights, same
+#                 min_quant_weight_* settings: model bytes and top-1 on the
+#                 t10k images in ONNX Runtime for every ACC_MODELS network;
+#                 target for auto_tune: smaller than 8-bit, drop <= 1 point.
 #
 # Prints numbers measured in this run and their ratios.  Exit status 0 unless
 # something fails to run (a missed target is reported, not an error).
@@ -38,7 +44,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${QUANTD_BUILD_DIR:-$ROOT/build}"
 QUANTCTL="$BUILD_DIR/bin/quantctl"
 PY="${QUANTD_PYTHON:-/usr/bin/python3}"
-SECTIONS="1 2 3 4 5"
+SECTIONS="1 2 3 4 5 6"
 REPEAT=3
 KEEP=""
 METHODS="MAX_MIN KL REMOVAL_OUTLIER"
@@ -50,7 +56,7 @@ while [ $# -gt 0 ]; do
     --sections) SECTIONS="$2"; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --keep) KEEP="$2"; shift 2 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "quant_bench.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -298,5 +304,61 @@ if want 5; then
     ratio="$(calc "(${RSS_KB[$method:500]} / ${RSS_KB[$method:100]}).toFixed(3)")"
     printf '%-10s %14s %14s %8s %12s\n' "$method" "${RSS_KB[$method:100]}" "${RSS_KB[$method:500]}" "$ratio" \
       "$(calc "Math.abs($ratio - 1) <= 0.10 ? 'within 10% met' : 'within 10% MISSED'")"
+  done
+fi
+
+# write_weight_config FILE BIT_NUM AUTO_TUNE CALIB_DIR: WEIGHT_QUANT with the
+# settings of configs/weight_quant_8bit.yaml.
+write_weight_config() {
+  cat >"$1" <<EOF
+common_quant_param:
+  quant_type: WEIGHT_QUANT
+  bit_num: $2
+  min_quant_weight_size: 0
+  min_quant_weight_channel: 16
+mixed_bit_weight_quant_param:
+  init_scale: 0.02
+  auto_tune: $3
+data_preprocess_param:
+  calibrate_path: input:$4/
+  input_type: IMAGE
+  image_to_format: GRAY
+  normalize_mean: [0]
+  normalize_std: [255]
+EOF
+}
+
+if want 6; then
+  echo
+  echo "== 6. Mixed-bit weight quantization (bit_num 0) vs fixed-bit weights, in ONNX Runtime =="
+  echo "   auto_tune on 100 train images (offset 0), target output cosine 0.995; evaluation: $TEST_COUNT t10k images"
+  dir="$(calib_dir 100)"
+  printf '%-22s %-22s %9s %9s %8s %11s %s\n' model weights bytes "vs 8-bit" top-1 "drop (pts)" notes
+  for name in $ACC_MODELS; do
+    model="models/$name.onnx"
+    fp32="${ACC[$name:fp32]:-$(accuracy "$model")}"
+    declare -A MIXED_BYTES=() MIXED_ACC=()
+    for variant in "8-bit:8:false" "4-bit:4:false" "mixed init_scale 0.02:0:false" "mixed auto_tune:0:true"; do
+      label="${variant%%:*}"; rest="${variant#*:}"; bits="${rest%%:*}"; tune="${rest#*:}"
+      tag="$(echo "$label" | tr ' .' '__')"
+      write_weight_config "$WORK/$name.$tag.yaml" "$bits" "$tune" "$dir"
+      convert "$model" "$WORK/$name.$tag.yaml" "$WORK/mixed.$name.$tag"
+      MIXED_BYTES[$label]="$(stat -c %s "$WORK/mixed.$name.$tag/model.onnx")"
+      MIXED_ACC[$label]="$(accuracy "$WORK/mixed.$name.$tag/model.onnx")"
+      notes=""
+      if [ "$bits" = 0 ]; then
+        notes="$(json "$WORK/mixed.$name.$tag/summary.json" \
+          '"init_scale " + d.weights.mixed_bit.init_scale.toFixed(4) + ", layers by bits " +
+           d.weights.mixed_bit.bits_histogram.map((h) => h.bits + ":" + h.layers).join(" ") +
+           (d.weights.mixed_bit.tuning ? ", output cosine " + d.weights.mixed_bit.tuning.output_cosine.toFixed(4) +
+            " after " + d.weights.mixed_bit.tuning.trials.length + " trials" : "")')"
+      fi
+      printf '%-22s %-22s %9s %9s %8s %11s %s\n' "$name" "$label" "${MIXED_BYTES[$label]}" \
+        "$(calc "(${MIXED_BYTES[$label]} / ${MIXED_BYTES[8-bit]}).toFixed(3)")" "${MIXED_ACC[$label]}" \
+        "$(drop "$fp32" "${MIXED_ACC[$label]}")" "$notes"
+    done
+    a="mixed auto_tune"
+    verdict="$(calc "${MIXED_BYTES[$a]} < ${MIXED_BYTES[8-bit]} && ($fp32 - ${MIXED_ACC[$a]}) * 100 <= 1 ? 'met' : 'MISSED'")"
+    echo "$name: fp32 $fp32; auto_tune smaller than 8-bit with drop <= 1 point: $verdict"
   done
 fi

@@ -966,6 +966,15 @@ Status ValidateQuantConfig(const QuantConfig& cfg, const ValidationContext& ctx)
     return OutOfRange(kMixedBit, "init_scale",
                       FormatDouble(scale) + " is out of range; allowed (0, 1), both ends excluded");
   }
+  const bool mixed_bit = c.quant_type == QuantType::kWeightQuant && c.bit_num == 0;
+  if (mixed_bit && cfg.mixed_bit.auto_tune && !ctx.calibration_supplied_separately &&
+      cfg.preprocess.calibrate_path.empty()) {
+    return MissingKey(kPreprocess, "calibrate_path",
+                      std::string(kMixedBit) +
+                          ".auto_tune compares the float and the quantized model outputs on calibration data; "
+                          "give [data_preprocess_param] with calibrate_path (and input_type and image "
+                          "preprocessing as the model expects), or set auto_tune to false");
+  }
   return ValidatePreprocess(cfg, ctx);
 }
 

@@ -355,6 +355,98 @@ TEST_F(FullQuantServiceTest, MaxMinKeepsAccuracyAndOnnxRuntimeFusesIntegerKernel
       << "ONNX Runtime did not fuse the QDQ convolutions into integer kernels";
 }
 
+// Mixed-bit weight quantization with auto_tune: the tuner runs the float
+// and quantized models on the uploaded images, the result is checked in ONNX
+// Runtime against the 8-bit weight-only model of the same network.
+TEST_F(FullQuantServiceTest, MixedBitAutoTuneIsSmallerThanEightBitAndKeepsAccuracy) {
+  auto calib = out_ / "calib";
+  WriteFashionMnistImages(calib, 100, 0, /*train=*/true);
+  auto quantctl = (BinDir() / "quantctl").string();
+  auto mixed_config = (SourceDir() / "configs" / "mixed_bit_auto_tune.yaml").string();
+  auto mixed =
+      RunCommand({quantctl, "--server", server_->address(), "submit", "--model", BundledModel().string(), "--config",
+                  mixed_config, "--calib", "input=" + calib.string(), "--wait", "--out", (out_ / "mixed").string()});
+  ASSERT_EQ(mixed.exit_code, 0) << mixed.err;
+  auto eight = RunCommand({quantctl, "--server", server_->address(), "submit", "--model", BundledModel().string(),
+                           "--config", (SourceDir() / "configs" / "weight_quant_8bit.yaml").string(), "--wait", "--out",
+                           (out_ / "eight").string()});
+  ASSERT_EQ(eight.exit_code, 0) << eight.err;
+
+  auto model = out_ / "mixed" / "model.onnx";
+  const auto mixed_bytes = std::filesystem::file_size(model);
+  const auto eight_bytes = std::filesystem::file_size(out_ / "eight" / "model.onnx");
+  EXPECT_LT(mixed_bytes, eight_bytes) << "mixed-bit model is not smaller than the 8-bit one";
+
+  std::ifstream summary_file(out_ / "mixed" / "summary.json");
+  auto summary = nlohmann::json::parse(summary_file);
+  EXPECT_EQ(summary["quant_type"], "WEIGHT_QUANT");
+  EXPECT_EQ(summary["output_model"]["bytes"], mixed_bytes);
+  const auto& weights = summary["weights"]["quantized"];
+  ASSERT_FALSE(weights.empty());
+  int below_eight = 0;
+  for (const auto& weight : weights) {
+    const int bits = weight["bits"];
+    EXPECT_TRUE(bits >= 2 && bits <= 8) << weight.dump();
+    EXPECT_EQ(weight["storage"], bits <= 4 ? "INT4" : "INT8") << weight.dump();
+    below_eight += bits < 8;
+  }
+  EXPECT_GE(below_eight, 1) << "no layer got fewer than 8 bits";
+  const auto& search = summary["weights"]["mixed_bit"];
+  EXPECT_EQ(search["auto_tune"], true);
+  EXPECT_EQ(search["layers"].size(), weights.size());
+  int histogram_layers = 0;
+  for (const auto& row : search["bits_histogram"]) histogram_layers += row["layers"].get<int>();
+  EXPECT_EQ(histogram_layers, static_cast<int>(weights.size()));
+  const auto& tuning = search["tuning"];
+  EXPECT_EQ(tuning["calibration_samples"], 100);
+  EXPECT_GE(tuning["output_cosine"].get<double>(), 0.99);
+  EXPECT_EQ(tuning["target_met"], true);
+  ASSERT_FALSE(tuning["trials"].empty());
+  // The kept model is the tried one with the most INT4 weights among those
+  // reaching the target.
+  int chosen_int4 = -1;
+  for (const auto& trial : tuning["trials"]) {
+    const double scale = trial["init_scale"];
+    EXPECT_TRUE(scale > 0 && scale < 1) << trial.dump();
+    if (scale == search["init_scale"].get<double>()) chosen_int4 = trial["int4_layers"];
+  }
+  ASSERT_GE(chosen_int4, 1) << search.dump();
+  for (const auto& trial : tuning["trials"]) {
+    if (trial["output_cosine"].get<double>() >= tuning["target_cosine"].get<double>()) {
+      EXPECT_LE(trial["int4_layers"].get<int>(), chosen_int4) << tuning.dump();
+    } else {
+      EXPECT_GT(trial["int4_layers"].get<int>(), chosen_int4) << tuning.dump();
+    }
+  }
+
+  auto ort = RunOrt({"eval", "--model", model.string(), "--reference", BundledModel().string(), "--count", "1000"});
+  double fp32 = ort["reference_accuracy"], quantized = ort["accuracy"];
+  EXPECT_GE(quantized, fp32 - 0.01) << "fp32 " << fp32 << " vs mixed-bit " << quantized;
+  // The cosine the tuner measured in quantd's executor on training images
+  // holds in ONNX Runtime on test images.
+  EXPECT_GE(ort["mean_cosine"].get<double>(), 0.99) << ort.dump();
+
+  // `quantctl convert` runs the same pipeline, tuner included.
+  auto converted = RunCommand({quantctl, "convert", "--model", BundledModel().string(), "--config", mixed_config,
+                               "--calib", "input=" + calib.string(), "--out", (out_ / "local").string()});
+  ASSERT_EQ(converted.exit_code, 0) << converted.err;
+  auto served_model = ReadFile(model, 64 << 20);
+  auto local_model = ReadFile(out_ / "local" / "model.onnx", 64 << 20);
+  ASSERT_TRUE(served_model.ok() && local_model.ok());
+  EXPECT_EQ(*served_model, *local_model) << "the service and convert choose the same bits";
+
+  // Without calibration data auto_tune is refused at submit.
+  {
+    std::ofstream no_calib(out_ / "no_calib.yaml");
+    no_calib << "common_quant_param:\n  quant_type: WEIGHT_QUANT\n  bit_num: 0\n"
+                "mixed_bit_weight_quant_param:\n  auto_tune: true\n";
+  }
+  auto refused = RunCommand({quantctl, "--server", server_->address(), "submit", "--model", BundledModel().string(),
+                             "--config", (out_ / "no_calib.yaml").string()});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("data_preprocess_param.calibrate_path"), std::string::npos) << refused.err;
+}
+
 TEST_F(FullQuantServiceTest, DynamicQuantizationOfTheTransformerKeepsAccuracyAndShrinksIt) {
   auto transformer = SourceDir() / "models" / "transformer_fashion.onnx";
   auto run = RunCommand({(BinDir() / "quantctl").string(), "--server", server_->address(), "submit", "--model",

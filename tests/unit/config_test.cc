@@ -602,6 +602,24 @@ TEST(FullQuant, OtherQuantTypesIgnoreCalibration) {
   EXPECT_EQ(cfg.full.target_device, TargetDevice::kNvGpu);
 }
 
+TEST(MixedBit, AutoTuneRequiresCalibrationUnlessUploaded) {
+  const std::string head = "[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=0\n";
+  const std::string tune = "[mixed_bit_weight_quant_param]\nauto_tune=true\n";
+  ExpectRejected(head + tune, "CONFIG_MISSING_KEY",
+                 {"data_preprocess_param.calibrate_path", "mixed_bit_weight_quant_param.auto_tune"});
+  ExpectRejected(head + tune + "[data_preprocess_param]\ninput_type=IMAGE\n", "CONFIG_MISSING_KEY",
+                 {"data_preprocess_param.calibrate_path"});
+  const QuantConfig uploaded = MustParse(head + tune, kUploaded);
+  EXPECT_TRUE(uploaded.mixed_bit.auto_tune);
+  EXPECT_EQ(uploaded.preprocess.calibrate_size, 0);  // every uploaded file
+  const QuantConfig listed = MustParse(head + tune + "[data_preprocess_param]\ncalibrate_path=input:/d\n");
+  EXPECT_EQ(listed.preprocess.calibrate_path, (std::vector<CalibrationSource>{{"input", "/d"}}));
+  // Without the search, or with a fixed width, auto_tune has nothing to tune
+  // and needs no data.
+  EXPECT_FALSE(MustParse(head + "[mixed_bit_weight_quant_param]\nauto_tune=false\n").preprocess.present);
+  EXPECT_TRUE(MustParse("[common_quant_param]\nquant_type=WEIGHT_QUANT\nbit_num=8\n" + tune).mixed_bit.auto_tune);
+}
+
 // ---------------------------------------------------------------------------
 // Rejections.
 
@@ -897,6 +915,8 @@ TEST(ShippedConfigs, AllParseAndPairsAgree) {
   ASSERT_TRUE(by_stem["weight_quant_8bit"].contains(".cfg"));
   EXPECT_EQ(by_stem["weight_quant_4bit"][".yaml"].common.bit_num, 4);
   EXPECT_EQ(by_stem["mixed_bit_weight_quant"][".yaml"].common.bit_num, 0);
+  EXPECT_EQ(by_stem["mixed_bit_auto_tune"][".yaml"].common.bit_num, 0);
+  EXPECT_TRUE(by_stem["mixed_bit_auto_tune"][".yaml"].mixed_bit.auto_tune);
   EXPECT_EQ(by_stem["dynamic_quant"][".yaml"].common.quant_type, QuantType::kDynamicQuant);
   EXPECT_EQ(by_stem["full_quant_kl"][".yaml"].full.activation_quant_method, ActivationQuantMethod::kKl);
   EXPECT_EQ(by_stem["full_quant_nvgpu"][".yaml"].full.target_device, TargetDevice::kNvGpu);

@@ -578,7 +578,10 @@ TEST(QuantizeWeights, NothingToDoLeavesModelAlone) {
 TEST(QuantizeWeights, RejectsBadBits) {
   ModelProto m = MatMulNet();
   WeightQuantOptions opts;
-  opts.bits = 0;
+  opts.bits = -1;
+  EXPECT_EQ(QuantizeWeights(m, opts).status().reason(), "QUANT_BITS_OUT_OF_RANGE");
+  opts.bits = 0;  // mixed bits need an init_scale in (0, 1)
+  opts.mixed_bit_init_scale = 1;
   EXPECT_EQ(QuantizeWeights(m, opts).status().reason(), "QUANT_BITS_OUT_OF_RANGE");
   opts.bits = 17;
   EXPECT_EQ(QuantizeWeights(m, opts).status().reason(), "QUANT_BITS_OUT_OF_RANGE");
@@ -700,6 +703,109 @@ TEST(QuantizeWeights, FallbackWhenOpset21Refused) {
     EXPECT_EQ(FindNode(m.graph(), "W_DequantizeLinear")->input_size(), 2);
     ExpectOnnxValid(m);
   }
+}
+
+// ---- QuantizeWeights: mixed bits ---------------------------------------------------
+
+// X[1,24] -> MatMul(A[24,40]) -> MatMul(B[40,40]) -> Y. A holds integers in
+// -1..1 (exact at 2 bits, so INT4 under any budget); every column of B is
+// [127, 1, 0, ...], which only 8 bits keep exact (e(2..7) = 1/sqrt(127^2+1)).
+ModelProto MixedNet() {
+  ModelProto m = NewModel(13);
+  GraphProto* g = m.mutable_graph();
+  AddInput(g, "X", {1, 24});
+  std::vector<float> a(24 * 40), b(40 * 40, 0.0f);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>(i % 3) - 1);
+  for (int col = 0; col < 40; ++col) {
+    b[col] = 127;
+    b[40 + col] = 1;
+  }
+  *g->add_initializer() = MakeFloatTensor("A", std::vector<int64_t>{24, 40}, a);
+  *g->add_initializer() = MakeFloatTensor("B", std::vector<int64_t>{40, 40}, b);
+  AddNode(g, "MatMul", {"X", "A"}, {"H"}, "mm_a");
+  AddNode(g, "MatMul", {"H", "B"}, {"Y"}, "mm_b");
+  AddOutput(g, "Y", 2);
+  return m;
+}
+
+TEST(QuantizeWeights, MixedBitsStoreInt4AndInt8InOneModel) {
+  ModelProto m = MixedNet();
+  WeightQuantOptions opts;
+  opts.bits = 0;
+  opts.mixed_bit_init_scale = 0.005;  // below B's 7-bit error 0.00787
+  auto r = QuantizeWeights(m, opts);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_EQ(r->quantized.size(), 2u);
+  const QuantizedWeight* a = FindQuantized(*r, "A");
+  const QuantizedWeight* b = FindQuantized(*r, "B");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(a->searched_bits, 2);
+  EXPECT_EQ(a->bits, 4);  // the container's width: same bytes, more accurate
+  EXPECT_EQ(a->storage, WeightStorage::kInt4Packed);
+  EXPECT_EQ(b->searched_bits, 8);
+  EXPECT_EQ(b->bits, 8);
+  EXPECT_EQ(b->storage, WeightStorage::kInt8);
+  EXPECT_TRUE(a->budget_met && b->budget_met);
+  EXPECT_EQ(a->relative_error_by_bits.size(), 7u);
+  EXPECT_NEAR(b->relative_error_by_bits[7 - 2], 1 / std::sqrt(127.0 * 127 + 1), 1e-6);
+  EXPECT_NEAR(b->relative_error, 0.0, 1e-6);
+  EXPECT_EQ(r->output_opset, 21);
+  EXPECT_GE(m.ir_version(), 10);
+  EXPECT_EQ(r->storage_note, "");
+  const TensorProto* qa = FindInit(m.graph(), "A_quantized");
+  const TensorProto* qb = FindInit(m.graph(), "B_quantized");
+  ASSERT_NE(qa, nullptr);
+  ASSERT_NE(qb, nullptr);
+  EXPECT_EQ(qa->data_type(), onnx_type::kInt4);
+  EXPECT_EQ(qa->raw_data().size(), 480u);
+  EXPECT_EQ(qb->data_type(), onnx_type::kInt8);
+  EXPECT_EQ(FindInit(m.graph(), "A_zero_point")->data_type(), onnx_type::kInt4);
+  EXPECT_EQ(FindInit(m.graph(), "B_zero_point")->data_type(), onnx_type::kInt8);
+  EXPECT_EQ(Ints(*qb, 1600)[40], 1);  // the 1 below each 127 survives
+  ExpectWellFormed(m);
+
+  // A budget above B's narrow-width error moves B to INT4 too.
+  ModelProto loose = MixedNet();
+  opts.mixed_bit_init_scale = 0.01;
+  auto r2 = QuantizeWeights(loose, opts);
+  ASSERT_TRUE(r2.ok()) << r2.status().message();
+  EXPECT_EQ(FindQuantized(*r2, "B")->searched_bits, 2);
+  EXPECT_EQ(FindQuantized(*r2, "B")->storage, WeightStorage::kInt4Packed);
+}
+
+TEST(QuantizeWeights, MixedBitsReportSearchAndWritingAsProgress) {
+  ModelProto m = MixedNet();
+  WeightQuantOptions opts;
+  opts.bits = 0;
+  std::vector<std::pair<size_t, size_t>> calls;
+  opts.on_progress = [&](size_t done, size_t total) {
+    calls.emplace_back(done, total);
+    return true;
+  };
+  ASSERT_TRUE(QuantizeWeights(m, opts).ok());
+  EXPECT_EQ(calls, (std::vector<std::pair<size_t, size_t>>{{0, 4}, {1, 4}, {2, 4}, {3, 4}}));
+
+  ModelProto stopped = MixedNet();
+  opts.on_progress = [](size_t, size_t) { return false; };
+  EXPECT_EQ(QuantizeWeights(stopped, opts).status().code(), StatusCode::kCancelled);
+}
+
+TEST(QuantizeWeights, MixedBitsFallBackToInt8WhenOpset21Refused) {
+  ModelProto m = StuckAt13();
+  WeightQuantOptions opts;
+  opts.bits = 0;
+  opts.mixed_bit_init_scale = 0.9;  // 2 bits would do
+  auto r = QuantizeWeights(m, opts);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_EQ(r->quantized.size(), 1u);
+  EXPECT_EQ(r->output_opset, 13);
+  EXPECT_EQ(r->quantized[0].storage, WeightStorage::kInt8);
+  EXPECT_EQ(r->quantized[0].searched_bits, 2);
+  EXPECT_EQ(r->quantized[0].bits, 8);  // an INT8 container holds 8 bits at no extra cost
+  EXPECT_NE(r->storage_note.find("mixed-bit weights stored as 8 bits in INT8 containers"), std::string::npos)
+      << r->storage_note;
+  ExpectOnnxValid(m);
 }
 
 // ---- QuantizeWeights: opset handling ------------------------------------------------

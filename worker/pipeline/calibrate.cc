@@ -1,6 +1,7 @@
 #include "worker/pipeline/calibrate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <future>
 #include <memory>
@@ -66,34 +67,34 @@ Tensor Stack(const std::vector<const Tensor*>& parts) {
   return stacked;
 }
 
-StatusOr<std::vector<calib::Sample>> LoadBatch(const calib::CalibrationDataset& dataset, size_t begin, size_t end) {
-  std::vector<calib::Sample> samples;
-  samples.reserve(end - begin);
-  for (size_t i = begin; i < end; ++i) {
-    QUANTD_ASSIGN_OR_RETURN(auto sample, dataset.Load(i));
-    samples.push_back(std::move(sample));
-  }
-  return samples;
-}
+// The calibration set as the executor's inputs want it, in batches.
+struct BatchedDataset {
+  std::vector<calib::InputSpec> specs;
+  calib::CalibrationDataset dataset;
+  size_t batch = 1;
 
-// Runs `model` over the calibration set in batches and hands every
-// produced tensor (and every fed input) to `visit`. The next batch is
-// decoded on a second thread while the current one runs, so file reading
-// and image decoding cost no time of their own.
-//
-// Conv and the activation after it run fused except where `keep_unfused`
-// names the Conv output; fused-away tensors never reach `visit`.
-Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto& model,
-                      const std::set<std::string>& keep_unfused,
-                      const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
-  runtime::ExecutorOptions executor_options;
-  executor_options.num_threads = request.num_threads;
-  executor_options.fuse_activations = true;
-  executor_options.keep_unfused = keep_unfused;
-  QUANTD_ASSIGN_OR_RETURN(auto executor, runtime::Executor::Create(model, executor_options));
+  size_t size() const { return dataset.size(); }
+
+  StatusOr<std::map<std::string, Tensor>> Load(size_t start) const {
+    std::vector<calib::Sample> samples;
+    for (size_t i = start; i < std::min(dataset.size(), start + batch); ++i) {
+      QUANTD_ASSIGN_OR_RETURN(auto sample, dataset.Load(i));
+      samples.push_back(std::move(sample));
+    }
+    std::map<std::string, Tensor> feeds;
+    for (const auto& spec : specs) {
+      std::vector<const Tensor*> parts;
+      for (const auto& sample : samples) parts.push_back(&sample.at(spec.name));
+      feeds[spec.name] = parts.size() == 1 ? *parts.front() : Stack(parts);
+    }
+    return feeds;
+  }
+};
+
+StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const runtime::Executor& executor) {
   std::vector<calib::InputSpec> specs;
   bool batchable = true;
-  for (const auto& input : executor->inputs()) {
+  for (const auto& input : executor.inputs()) {
     if (input.optional) continue;
     specs.push_back({input.name, input.dtype, input.shape});
     // Several samples run as one batch only where the model leaves the
@@ -102,30 +103,61 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
   }
   QUANTD_ASSIGN_OR_RETURN(auto dataset,
                           calib::CalibrationDataset::Open(request.config->preprocess, request.folders, specs));
-  const size_t total = dataset.size();
   const size_t batch = batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
+  return BatchedDataset{std::move(specs), std::move(dataset), batch};
+}
+
+// Hands out the batches in order while the next one is read and decoded on
+// a second thread, so file reading and image decoding overlap the runs.
+class BatchPrefetcher {
+ public:
+  explicit BatchPrefetcher(const BatchedDataset& batches) : batches_(batches) {
+    if (batches_.size() > 0) next_ = Start(0);
+  }
+  // A pending load is waited for by the future's destructor, so leaving
+  // early (error, cancellation) never leaves a thread behind.
+  StatusOr<std::map<std::string, Tensor>> Take(size_t start) {
+    auto feeds = next_.get();
+    if (start + batches_.batch < batches_.size()) next_ = Start(start + batches_.batch);
+    return feeds;
+  }
+
+ private:
+  std::future<StatusOr<std::map<std::string, Tensor>>> Start(size_t start) {
+    return std::async(std::launch::async, [this, start] { return batches_.Load(start); });
+  }
+  const BatchedDataset& batches_;
+  std::future<StatusOr<std::map<std::string, Tensor>>> next_;
+};
+
+// Options for running a model whose Conv -> Relu/Clip intermediates nobody
+// needs, except those in `keep_unfused`.
+runtime::ExecutorOptions FusedExecution(int num_threads, std::set<std::string> keep_unfused = {}) {
+  runtime::ExecutorOptions options;
+  options.num_threads = num_threads;
+  options.fuse_activations = true;
+  options.keep_unfused = std::move(keep_unfused);
+  return options;
+}
+
+// Runs `model` over the calibration set in batches and hands every
+// produced tensor (and every fed input) to `visit`. Conv and the
+// activation after it run fused except where `keep_unfused` names the Conv
+// output; fused-away tensors never reach `visit`.
+Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto& model,
+                      const std::set<std::string>& keep_unfused,
+                      const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
+  QUANTD_ASSIGN_OR_RETURN(auto executor,
+                          runtime::Executor::Create(model, FusedExecution(request.num_threads, keep_unfused)));
+  QUANTD_ASSIGN_OR_RETURN(auto batches, OpenBatches(request, *executor));
+  const size_t total = batches.size();
   runtime::RunOptions options;
   options.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) { visit(name, value); };
-  auto load_async = [&dataset, total, batch](size_t begin) {
-    return std::async(std::launch::async, LoadBatch, std::cref(dataset), begin, std::min(total, begin + batch));
-  };
-  std::future<StatusOr<std::vector<calib::Sample>>> next;
-  if (total > 0) next = load_async(0);
-  for (size_t start = 0; start < total; start += batch) {
-    auto loaded = next.get();
-    if (!loaded.ok()) return loaded.status();
-    if (start + batch < total) next = load_async(start + batch);
-    // A pending load finishes before `next` goes out of scope, whatever
-    // path leaves this loop.
+  BatchPrefetcher prefetcher(batches);
+  for (size_t start = 0; start < total; start += batches.batch) {
+    QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take(start));
     if (request.on_progress && !request.on_progress(start, total)) return Cancelled("calibration cancelled");
-    const std::vector<calib::Sample>& batch_samples = *loaded;
-    std::map<std::string, Tensor> feeds;
-    for (const auto& spec : specs) {
-      std::vector<const Tensor*> parts;
-      for (const auto& sample : batch_samples) parts.push_back(&sample.at(spec.name));
-      feeds[spec.name] = parts.size() == 1 ? *parts.front() : Stack(parts);
-      visit(spec.name, feeds[spec.name]);
-    }
+    for (const auto& [name, value] : feeds) visit(name, value);
     QUANTD_ASSIGN_OR_RETURN(auto outputs, executor->Run(feeds, options));
     (void)outputs;
   }
@@ -157,7 +189,63 @@ std::set<std::string> ConvOutputsToKeep(const onnx::ModelProto& model, const Cal
   return keep;
 }
 
+double Cosine(const float* a, const float* b, int64_t n) {
+  double dot = 0, norm_a = 0, norm_b = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    dot += static_cast<double>(a[i]) * b[i];
+    norm_a += static_cast<double>(a[i]) * a[i];
+    norm_b += static_cast<double>(b[i]) * b[i];
+  }
+  if (norm_a == 0 && norm_b == 0) return 1;
+  if (norm_a == 0 || norm_b == 0) return 0;
+  return dot / (std::sqrt(norm_a) * std::sqrt(norm_b));
+}
+
 }  // namespace
+
+StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, const onnx::ModelProto& candidate) {
+  // Only graph outputs are compared, so both models may run fused.
+  QUANTD_ASSIGN_OR_RETURN(auto reference_executor,
+                          runtime::Executor::Create(*request.model, FusedExecution(request.num_threads)));
+  QUANTD_ASSIGN_OR_RETURN(auto candidate_executor,
+                          runtime::Executor::Create(candidate, FusedExecution(request.num_threads)));
+  QUANTD_ASSIGN_OR_RETURN(auto batches, OpenBatches(request, *reference_executor));
+  const size_t total = batches.size();
+  if (total == 0) return FailedPrecondition("CALIBRATION_EMPTY", "the calibration set has no samples");
+  OutputAgreement agreement;
+  double cosine_sum = 0;
+  int64_t compared = 0;
+  BatchPrefetcher prefetcher(batches);
+  for (size_t start = 0; start < total; start += batches.batch) {
+    if (request.on_progress && !request.on_progress(start, total)) return Cancelled("output comparison cancelled");
+    QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take(start));
+    const int64_t batch = static_cast<int64_t>(std::min(batches.batch, total - start));
+    QUANTD_ASSIGN_OR_RETURN(auto expected, reference_executor->Run(feeds));
+    QUANTD_ASSIGN_OR_RETURN(auto produced, candidate_executor->Run(feeds));
+    for (const auto& [name, reference] : expected) {
+      if (reference.dtype() != DataType::kFloat) continue;
+      auto it = produced.find(name);
+      if (it == produced.end() || it->second.dtype() != DataType::kFloat || it->second.shape() != reference.shape()) {
+        return Internal("OUTPUT_MISMATCH", "output '" + name + "' of the quantized model has another type or shape");
+      }
+      // One cosine per sample where the output is batched along dim 0.
+      const int64_t rows = reference.rank() > 0 && reference.dim(0) == batch ? batch : 1;
+      const int64_t row_size = rows > 0 ? reference.size() / rows : 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const double cosine =
+            Cosine(reference.data<float>() + r * row_size, it->second.data<float>() + r * row_size, row_size);
+        cosine_sum += cosine;
+        agreement.min_cosine = std::min(agreement.min_cosine, cosine);
+        ++compared;
+      }
+    }
+  }
+  if (request.on_progress) request.on_progress(total, total);
+  if (compared == 0) return FailedPrecondition("MODEL_NO_FLOAT_OUTPUT", "the model has no float output to compare");
+  agreement.mean_cosine = cosine_sum / static_cast<double>(compared);
+  agreement.samples = total;
+  return agreement;
+}
 
 StatusOr<CalibrationResult> Calibrate(const CalibrationRequest& request) {
   std::map<std::string, std::unique_ptr<calib::Observer>> observers;

@@ -41,4 +41,18 @@ StatusOr<CalibrationResult> Calibrate(const CalibrationRequest& request);
 // fake-quantized one) over the same calibration set.
 StatusOr<std::map<std::string, std::vector<double>>> MeasureChannelMeans(const CalibrationRequest& request);
 
+// How closely a candidate model's float outputs follow the reference's.
+struct OutputAgreement {
+  // Mean and minimum over samples (and float outputs) of the cosine
+  // similarity of one sample's output: a per-sample mean keeps a few
+  // large-magnitude outputs from hiding the others.
+  double mean_cosine = 1;
+  double min_cosine = 1;
+  size_t samples = 0;
+};
+
+// Runs request.model (the reference) and `candidate`, which must have the
+// same inputs and outputs, over the calibration set side by side.
+StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, const onnx::ModelProto& candidate);
+
 }  // namespace quantd::pipeline

@@ -11,6 +11,7 @@
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/model_io.h"
 #include "worker/pipeline/calibrate.h"
+#include "worker/pipeline/mixed_bit_tune.h"
 #include "worker/quant/dynamic_quant.h"
 #include "worker/quant/full_quant.h"
 #include "worker/quant/weight_quant.h"
@@ -264,9 +265,13 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
       switch (config.common.quant_type) {
         case config::QuantType::kWeightQuant: {
           if (config.common.bit_num == 0) {
-            return Unimplemented("MODE_NOT_AVAILABLE",
-                                 "mixed-bit weight quantization (bit_num: 0) is not available in this version; "
-                                 "choose bit_num 1..16");
+            QUANTD_ASSIGN_OR_RETURN(auto mixed, QuantizeMixedBit(request, config, model, observer));
+            observer.OnLog(LogLevel::kInfo, "mixed bits: quantized " + std::to_string(mixed.report.quantized.size()) +
+                                                " weights, skipped " + std::to_string(mixed.report.skipped.size()));
+            mode_report = WeightReportJson(mixed.report);
+            mode_report["mixed_bit"] = std::move(mixed.summary);
+            storage_note = mixed.report.storage_note;
+            return Status::Ok();
           }
           WeightQuantOptions options;
           options.bits = config.common.bit_num;
@@ -317,7 +322,9 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
   auto output_path = request.out_dir / "model.onnx";
   QUANTD_RETURN_IF_ERROR(stages.Run("write", [&]() -> Status {
     std::string calibration_sha256;
-    if (config.common.quant_type == config::QuantType::kFullQuant) {
+    const bool mixed_bit_auto_tune = config.common.quant_type == config::QuantType::kWeightQuant &&
+                                     config.common.bit_num == 0 && config.mixed_bit.auto_tune;
+    if (config.common.quant_type == config::QuantType::kFullQuant || mixed_bit_auto_tune) {
       std::vector<CalibrationFolder> folders = request.calibration;
       if (folders.empty()) {
         for (const auto& source : config.preprocess.calibrate_path) folders.push_back({source.input_name, source.dir});

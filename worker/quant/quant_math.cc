@@ -125,7 +125,7 @@ std::vector<float> DequantizePerChannel(std::span<const int16_t> values,
 
 QuantError MeasureQuantError(std::span<const float> w, std::span<const int16_t> values,
                              std::span<const float> scales, const ChannelLayout& l) {
-  double dot = 0, norm_w = 0, norm_d = 0, max_err = 0;
+  double dot = 0, norm_w = 0, norm_d = 0, max_err = 0, sq_err = 0;
   for (int64_t o = 0; o < l.outer; ++o) {
     for (int64_t c = 0; c < l.channels; ++c) {
       const int64_t base = (o * l.channels + c) * l.inner;
@@ -137,11 +137,13 @@ QuantError MeasureQuantError(std::span<const float> w, std::span<const int16_t> 
         norm_w += a * a;
         norm_d += d * d;
         max_err = std::max(max_err, std::fabs(a - d));
+        sq_err += (a - d) * (a - d);
       }
     }
   }
   QuantError e;
   e.max_abs_error = max_err;
+  e.relative_error = norm_w > 0 ? std::sqrt(sq_err / norm_w) : 0.0;
   if (norm_w == 0 && norm_d == 0) {
     e.cosine_similarity = 1;
   } else if (norm_w == 0 || norm_d == 0) {

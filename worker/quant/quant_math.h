@@ -54,6 +54,7 @@ std::vector<float> DequantizePerChannel(std::span<const int16_t> values,
 struct QuantError {
   double max_abs_error = 0;
   double cosine_similarity = 1;  // 1 when both tensors are all zero
+  double relative_error = 0;     // ||dequantized - w||_2 / ||w||_2; 0 when w is all zero
 };
 
 // Compares the weights with their dequantized form without materialising it.

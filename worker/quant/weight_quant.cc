@@ -1,5 +1,6 @@
 #include "worker/quant/weight_quant.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -8,6 +9,7 @@
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/opset_upgrade.h"
 #include "worker/onnx/tensor_util.h"
+#include "worker/quant/mixed_bit.h"
 #include "worker/quant/quant_math.h"
 
 namespace quantd {
@@ -131,9 +133,15 @@ std::string ToString(WeightStorage s) {
 
 StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
                                             const WeightQuantOptions& opts) {
-  if (opts.bits < 1 || opts.bits > 16) {
+  if (opts.bits < 0 || opts.bits > 16) {
     return InvalidArgument("QUANT_BITS_OUT_OF_RANGE",
-                           "bits must be 1..16, not " + std::to_string(opts.bits));
+                           "bits must be 1..16 (or 0 for mixed bits), not " + std::to_string(opts.bits));
+  }
+  const bool mixed = opts.bits == 0;
+  if (mixed && !(opts.mixed_bit_init_scale > 0 && opts.mixed_bit_init_scale < 1)) {
+    return InvalidArgument("QUANT_BITS_OUT_OF_RANGE",
+                           "mixed-bit init_scale must lie in (0, 1), not " +
+                               std::to_string(opts.mixed_bit_init_scale));
   }
   if (!model.has_graph()) return InvalidArgument("MODEL_INVALID", "the model has no graph");
   WeightQuantReport report;
@@ -217,36 +225,85 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
   }
   if (plans.empty()) return report;
 
+  // The width of every weight: fixed, or searched on its untouched values.
+  // A weight whose values cannot be read or measured keeps the widest
+  // candidate; the loop below then skips it with the reason.
+  std::vector<int> bits_of(plans.size(), mixed ? kMixedBitMaxBits : opts.bits);
+  std::vector<BitErrorCurve> curves(plans.size());
+  std::vector<BitChoice> choices(plans.size());
+  // With mixed bits the search is the first half of the work.
+  const size_t steps = mixed ? 2 * plans.size() : plans.size();
+  const size_t steps_before_writing = steps - plans.size();
+  if (mixed) {
+    GraphView view(model.graph());
+    for (size_t i = 0; i < plans.size(); ++i) {
+      if (opts.on_progress && !opts.on_progress(i, steps)) {
+        return Cancelled("mixed-bit search stopped before " + plans[i].tensor);
+      }
+      const onnx::TensorProto* w = view.Initializer(plans[i].tensor);
+      if (!w) continue;
+      auto values = ReadFloatTensor(*w);
+      if (!values.ok()) continue;
+      auto curve = MeasureBitErrors(*values, DimsOf(*w), plans[i].axis);
+      if (!curve.ok()) continue;
+      curves[i] = std::move(*curve);
+      choices[i] = ChooseBits(curves[i], opts.mixed_bit_init_scale);
+      bits_of[i] = ContainerBits(choices[i].searched_bits);
+    }
+  }
+
   // Opset: per-axis DequantizeLinear needs 13; INT4 and INT16 need 21.
   if (report.input_opset < 13) {
     QUANTD_RETURN_IF_ERROR(UpgradeOpset(model, 13).WithContext(
         "per-channel weights need opset 13"));
   }
-  WeightStorage storage = opts.bits <= 4   ? WeightStorage::kInt4Packed
-                          : opts.bits <= 8 ? WeightStorage::kInt8
-                                           : WeightStorage::kInt16;
-  if (storage != WeightStorage::kInt8 && DefaultOpset(model) < 21) {
+  auto storage_for = [](int bits) {
+    return bits <= 4   ? WeightStorage::kInt4Packed
+           : bits <= 8 ? WeightStorage::kInt8
+                       : WeightStorage::kInt16;
+  };
+  const bool needs_opset_21 =
+      std::any_of(bits_of.begin(), bits_of.end(),
+                  [&](int bits) { return storage_for(bits) != WeightStorage::kInt8; });
+  bool containers_widened = false;
+  if (needs_opset_21 && DefaultOpset(model) < 21) {
     Status up = UpgradeOpset(model, 21);
     if (!up.ok()) {
-      const WeightStorage fallback =
-          opts.bits <= 8 ? WeightStorage::kInt8 : WeightStorage::kInt32;
+      containers_widened = true;
+      const std::string what =
+          mixed ? "mixed-bit weights stored as 8 bits in INT8"
+                : std::to_string(opts.bits) + "-bit weights stored in " +
+                      ToString(opts.bits <= 8 ? WeightStorage::kInt8 : WeightStorage::kInt32);
       report.storage_note = "kept opset " + std::to_string(DefaultOpset(model)) + ": " +
-                            up.message() + "; " + std::to_string(opts.bits) +
-                            "-bit weights stored in " + ToString(fallback) + " containers";
-      storage = fallback;
+                            up.message() + "; " + what + " containers";
+    }
+  }
+  std::vector<WeightStorage> storage_of(plans.size());
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const int bits = bits_of[i];
+    storage_of[i] = !containers_widened ? storage_for(bits)
+                    : bits <= 8         ? WeightStorage::kInt8
+                                        : WeightStorage::kInt32;
+    if (mixed && !curves[i].relative_error.empty()) {
+      const int container = storage_of[i] == WeightStorage::kInt4Packed ? 4 : 8;
+      bits_of[i] = StoredBits(curves[i], choices[i], container);
     }
   }
   // INT4 exists from IR 10 on.
-  if (storage == WeightStorage::kInt4Packed && model.ir_version() < 10) model.set_ir_version(10);
+  const bool any_int4 = std::find(storage_of.begin(), storage_of.end(),
+                                  WeightStorage::kInt4Packed) != storage_of.end();
+  if (any_int4 && model.ir_version() < 10) model.set_ir_version(10);
 
   onnx::GraphProto& g = *model.mutable_graph();
   NameAllocator names(model);
   std::map<int, std::vector<onnx::NodeProto>> insert_before;  // node index -> DQ nodes
   std::unordered_set<std::string> maybe_unused;
 
-  size_t planned_done = 0;
-  for (const Plan& plan : plans) {
-    if (opts.on_progress && !opts.on_progress(planned_done++, plans.size())) {
+  for (size_t plan_index = 0; plan_index < plans.size(); ++plan_index) {
+    const Plan& plan = plans[plan_index];
+    const int bits = bits_of[plan_index];
+    const WeightStorage storage = storage_of[plan_index];
+    if (opts.on_progress && !opts.on_progress(steps_before_writing + plan_index, steps)) {
       return Cancelled("weight quantization stopped before " + plan.tensor);
     }
     const onnx::NodeProto& first = g.node(plan.uses.front().node);
@@ -271,7 +328,7 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
       skip_all("weight data is unreadable: " + values.status().message());
       continue;
     }
-    auto q = QuantizePerChannel(*values, dims, plan.axis, opts.bits);
+    auto q = QuantizePerChannel(*values, dims, plan.axis, bits);
     if (!q.ok()) {
       skip_all(q.status().reason() == "WEIGHT_NOT_FINITE" ? "weight contains NaN or infinity"
                                                           : q.status().message());
@@ -328,7 +385,7 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
     qw.node_type = first.op_type();
     qw.tensor_name = plan.tensor;
     qw.dims = dims;
-    qw.bits = opts.bits;
+    qw.bits = bits;
     qw.storage = storage;
     qw.axis = plan.axis;
     qw.scales = std::move(q->scales);
@@ -336,6 +393,12 @@ StatusOr<WeightQuantReport> QuantizeWeights(onnx::ModelProto& model,
     qw.stored_bytes = stored;
     qw.max_abs_error = err.max_abs_error;
     qw.cosine_similarity = err.cosine_similarity;
+    qw.relative_error = err.relative_error;
+    if (mixed) {
+      qw.relative_error_by_bits = curves[plan_index].relative_error;
+      qw.searched_bits = choices[plan_index].searched_bits;
+      qw.budget_met = choices[plan_index].budget_met;
+    }
     report.quantized.push_back(std::move(qw));
   }
 

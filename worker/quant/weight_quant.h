@@ -17,7 +17,10 @@
 namespace quantd {
 
 struct WeightQuantOptions {
-  int bits = 8;  // 1..16
+  // 1..16, or 0 to search the width of each weight (mixed_bit.h) against
+  // the budget mixed_bit_init_scale.
+  int bits = 8;
+  double mixed_bit_init_scale = 0.02;
   // A weight is quantized only if it has MORE elements than this ...
   int64_t min_quant_weight_size = 0;
   // ... and MORE output channels (size of the quantization axis) than this.
@@ -26,6 +29,7 @@ struct WeightQuantOptions {
   std::set<std::string> skip_quant_node;
   // Called before each weight with (done, total); returning false stops the
   // pass with CANCELLED (the model is then half-rewritten and must be dropped).
+  // With mixed bits each weight counts twice: once searched, once written.
   std::function<bool(size_t done, size_t total)> on_progress;
 };
 
@@ -46,6 +50,14 @@ struct QuantizedWeight {
   int64_t stored_bytes;  // integer payload + scales + zero points
   double max_abs_error;
   double cosine_similarity;
+  // ||W_q - W||_2 / ||W||_2 at the stored width.
+  double relative_error = 0;
+  // Mixed-bit search only: e(bits) for bits 2..8 (empty otherwise), the
+  // smallest width within the budget (`bits` is then its container's
+  // width) and whether any candidate width met the budget.
+  std::vector<double> relative_error_by_bits;
+  int searched_bits = 0;
+  bool budget_met = true;
 };
 
 struct SkippedWeight {
@@ -65,7 +77,8 @@ struct WeightQuantReport {
 // Quantizes the main graph's weights in place, per output channel:
 //   Conv weight axis 0; ConvTranspose axis 1; Gemm B axis 1 (transB=0) or 0
 //   (transB=1); MatMul second input of rank >= 2 along its last axis.
-// Storage: bits <= 4 -> INT4 (packed), 5..8 -> INT8, 9..16 -> INT16. INT4
+// Storage: bits <= 4 -> INT4 (packed), 5..8 -> INT8, 9..16 -> INT16, per
+// weight (with mixed bits one model may hold both INT4 and INT8). INT4
 // and INT16 need opset 21; if upgrading there is refused, INT8 (bits <= 8)
 // or INT32 (bits > 8) hold the same values instead and storage_note says
 // why. Models below opset 13 are upgraded to 13 first (per-axis
