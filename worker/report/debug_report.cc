@@ -650,10 +650,8 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
     const LayerTrack& layer = layers_[node];
     if (layer.rounds == 0) continue;
     double mean = layer.cosine_sum / layer.rounds;
-    layers.push_back({{"node", node},
-                      {"node_type", layer.node_type},
-                      {"mean_output_cosine", JsonNumber(mean)},
-                      {"rounds", layer.rounds}});
+    layers.push_back(
+        {{"node", node}, {"node_type", layer.node_type}, {"mean_cosine", JsonNumber(mean)}, {"rounds", layer.rounds}});
     ranked.emplace_back(mean, node);
   }
   std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -661,7 +659,7 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
   std::vector<std::string> skip = request_.skip_quant_node;
   for (const auto& [mean, node] : ranked) {
     const LayerTrack& layer = layers_[node];
-    nlohmann::json worst = {{"node", node}, {"node_type", layer.node_type}, {"mean_output_cosine", JsonNumber(mean)}};
+    nlohmann::json worst = {{"node", node}, {"node_type", layer.node_type}, {"mean_cosine", JsonNumber(mean)}};
     if (layer.has_histogram) {
       worst["histogram"] = {{"tensor", layer_output_origin_[node]},
                             {"lo", layer.origin.lo},
@@ -677,6 +675,8 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
     for (size_t i = 0; i < skip.size(); ++i) result.skip_line += (i ? "," : "") + skip[i];
   }
   result.rounds = rounds_;
+  // Without calibration data only the weights have values to compare.
+  const char* basis = has_data_ ? "output" : "weight";
 
   std::vector<std::string> csv_files;
   for (const auto& round : rounds_json_) csv_files.push_back(round["file"]);
@@ -689,6 +689,7 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
       {"data_distribution", rounds_json_},
       {"quant_params", params_json},
       {"output_summary", output_summary_},
+      {"layer_cosine_basis", basis},
       {"layers", layers},
       {"worst_layers", result.worst_layers},
       {"suggested_skip_quant_node", result.skip_line},
@@ -699,6 +700,7 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
   nlohmann::json page = {{"schema", kReportSchema},
                          {"quant_type", request_.quant_type},
                          {"rounds", rounds_},
+                         {"layer_cosine_basis", basis},
                          {"layers", layers},
                          {"worst_layers", result.worst_layers},
                          {"output_summary", output_summary_},

@@ -35,8 +35,10 @@
 namespace quantd::report {
 
 inline constexpr const char* kReportSchema = "quantd.debug_report/v1";
-// Layers with the lowest mean output cosine similarity that report.json and
-// report.html single out.
+// Layers with the lowest mean output cosine similarity (over rounds) that
+// report.json and report.html single out. Without calibration data a
+// layer's weight cosine stands in (report.json says which:
+// layer_cosine_basis "output" or "weight").
 inline constexpr int kWorstLayerCount = 3;
 inline constexpr int kHistogramBins = 64;
 

@@ -47,9 +47,9 @@ svg text { font-size: 11px; fill: #333; }
 <p id="overview"></p>
 <h2>Model outputs</h2>
 <table id="output-table"><thead><tr><th>Output</th><th>Mean cosine similarity</th><th>Mean relative error</th><th>Rounds</th></tr></thead><tbody></tbody></table>
-<h2>Output cosine similarity per quantized layer</h2>
+<h2 id="layer-heading">Cosine similarity per quantized layer</h2>
 <div id="layer-chart"></div>
-<table id="layer-table"><thead><tr><th>Node</th><th>Type</th><th>Mean output cosine</th><th>Rounds</th></tr></thead><tbody></tbody></table>
+<table id="layer-table"><thead><tr><th>Node</th><th>Type</th><th>Mean cosine</th><th>Rounds</th></tr></thead><tbody></tbody></table>
 <h2>Worst layers</h2>
 <div>Keeping these in float: <pre id="skip-line"></pre></div>
 <p class="legend"><span><i class="swatch" style="background:#2b6cb0"></i>Origin</span><span><i class="swatch" style="background:#dd6b20"></i>Dequant</span></p>
@@ -83,6 +83,9 @@ const char* const kTail = R"HTML(</script>
   document.getElementById('overview').textContent = data.quant_type + ', ' + data.rounds +
       ' calibration round(s), ' + data.layers.length + ' quantized layer(s). Schema ' + data.schema + '.';
 
+  document.getElementById('layer-heading').textContent = data.layer_cosine_basis === 'weight'
+      ? 'Weight cosine similarity per quantized layer (no calibration data, so no activations)'
+      : 'Output cosine similarity per quantized layer, mean over rounds';
   var outputs = {};
   data.output_summary.forEach(function (r) {
     var o = outputs[r.output] || (outputs[r.output] = {cos: 0, err: 0, n: 0});
@@ -98,7 +101,7 @@ const char* const kTail = R"HTML(</script>
   var worst = {};
   data.worst_layers.forEach(function (w) { worst[w.node] = true; });
   var lowest = 1;
-  data.layers.forEach(function (l) { lowest = Math.min(lowest, l.mean_output_cosine); });
+  data.layers.forEach(function (l) { lowest = Math.min(lowest, l.mean_cosine); });
   // Quantized layers usually sit within 1e-4 of 1; the axis starts just
   // below the lowest one so their differences stay visible.
   var floor = Math.max(0, 1 - 1.25 * (1 - Math.min(lowest, 1 - 1e-6)));
@@ -107,12 +110,12 @@ const char* const kTail = R"HTML(</script>
                   document.getElementById('layer-chart'));
   data.layers.forEach(function (l, i) {
     var y = 20 + i * barH;
-    var w = Math.max(1, (l.mean_output_cosine - floor) / (1 - floor || 1) * width);
+    var w = Math.max(1, (l.mean_cosine - floor) / (1 - floor || 1) * width);
     text(chart, left - 6, y + 12, l.node, 'end');
     var bar = svg('rect', {x: left, y: y + 2, width: w, height: barH - 4, 'class': 'cos-bar',
                            fill: worst[l.node] ? '#c53030' : '#2b6cb0'}, chart);
     bar.setAttribute('data-node', l.node);
-    text(chart, left + w + 4, y + 12, fmt(l.mean_output_cosine));
+    text(chart, left + w + 4, y + 12, fmt(l.mean_cosine));
   });
   text(chart, left, 12, 'cosine axis from ' + floor.toFixed(6) + ' to 1');
 
@@ -120,7 +123,7 @@ const char* const kTail = R"HTML(</script>
   data.layers.forEach(function (l) {
     var row = document.createElement('tr');
     if (worst[l.node]) row.className = 'worst';
-    cell(row, l.node); cell(row, l.node_type); cell(row, fmt(l.mean_output_cosine), true); cell(row, l.rounds, true);
+    cell(row, l.node); cell(row, l.node_type); cell(row, fmt(l.mean_cosine), true); cell(row, l.rounds, true);
     body.appendChild(row);
   });
 
@@ -129,7 +132,8 @@ const char* const kTail = R"HTML(</script>
   var holder = document.getElementById('histograms');
   data.worst_layers.forEach(function (w) {
     var title = document.createElement('h3');
-    title.textContent = w.node + ' (' + w.node_type + '), mean output cosine ' + fmt(w.mean_output_cosine);
+    title.textContent = w.node + ' (' + w.node_type + '), mean ' + data.layer_cosine_basis + ' cosine ' +
+        fmt(w.mean_cosine);
     holder.appendChild(title);
     var h = w.histogram;
     if (!h) { var note = document.createElement('p'); note.textContent = 'no activations (no calibration data)';
