@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <memory>
 
@@ -182,6 +183,7 @@ class ReportBuilder {
   Status WriteRound(const std::string& file_name);
   void TrackLayers(bool from_weights);
   Status Write(const std::string& name, const std::string& content, DebugReportResult& result);
+  Status WriteReportJson(const nlohmann::json& report, DebugReportResult& result);
 
   const DebugReportRequest& request_;
   GraphView original_, quantized_;
@@ -208,7 +210,11 @@ class ReportBuilder {
   std::map<std::string, std::string> layer_output_origin_;
   nlohmann::json output_summary_ = nlohmann::json::array();
   std::string output_summary_csv_;
-  nlohmann::json rounds_json_ = nlohmann::json::array();
+  // Each round's rows go to disk as they are made, so report.json costs no
+  // memory per round; WriteFiles() splices them in.
+  std::vector<std::string> csv_files_;
+  std::filesystem::path rows_path_;
+  std::ofstream rows_out_;
   size_t rounds_ = 0;
   bool has_data_ = false;
 };
@@ -595,7 +601,15 @@ Status ReportBuilder::WriteRound(const std::string& file_name) {
   if (auto status = WriteFileAtomic(path, csv); !status.ok()) {
     return Internal("DEBUG_REPORT_IO", "cannot write " + path.string() + ": " + status.message());
   }
-  rounds_json_.push_back({{"round", rounds_}, {"file", file_name}, {"rows", std::move(rows)}});
+  if (!rows_out_.is_open()) {
+    rows_path_ = request_.out_dir / ".report_rows.tmp";
+    rows_out_.open(rows_path_, std::ios::binary | std::ios::trunc);
+  }
+  nlohmann::json round = {{"round", rounds_}, {"file", file_name}, {"rows", std::move(rows)}};
+  rows_out_ << (csv_files_.empty() ? "\n" : ",\n")
+            << round.dump(1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (!rows_out_) return Internal("DEBUG_REPORT_IO", "cannot write " + rows_path_.string());
+  csv_files_.push_back(file_name);
   return Status::Ok();
 }
 
@@ -608,8 +622,36 @@ Status ReportBuilder::Write(const std::string& name, const std::string& content,
   return Status::Ok();
 }
 
+// Keys print in sorted order, so "data_distribution" is the first key and
+// its placeholder value is found before any user-controlled text.
+Status ReportBuilder::WriteReportJson(const nlohmann::json& report, DebugReportResult& result) {
+  const std::string text = report.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const std::string placeholder = "\"data_distribution\": \"rows\"";
+  const size_t at = text.find(placeholder);
+  if (at == std::string::npos) return Internal("DEBUG_REPORT_IO", "report.json layout changed");
+  rows_out_.close();
+  const auto path = request_.out_dir / "report.json";
+  const auto partial = request_.out_dir / ".report.json.tmp";
+  {
+    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+    out << text.substr(0, at) << "\"data_distribution\": [";
+    if (!rows_path_.empty()) {
+      std::ifstream rows(rows_path_, std::ios::binary);
+      out << rows.rdbuf();
+    }
+    out << "\n]" << text.substr(at + placeholder.size());
+    if (!out) return Internal("DEBUG_REPORT_IO", "cannot write " + partial.string());
+  }
+  std::error_code ec;
+  std::filesystem::rename(partial, path, ec);
+  if (ec) return Internal("DEBUG_REPORT_IO", "cannot write " + path.string() + ": " + ec.message());
+  if (!rows_path_.empty()) std::filesystem::remove(rows_path_, ec);
+  result.files.push_back(path);
+  return Status::Ok();
+}
+
 Status ReportBuilder::WriteFiles(DebugReportResult& result) {
-  for (const auto& round : rounds_json_) result.files.push_back(request_.out_dir / round["file"].get<std::string>());
+  for (const auto& file : csv_files_) result.files.push_back(request_.out_dir / file);
 
   std::string params_csv = std::string(kQuantParamHeader) + "\n";
   nlohmann::json params_json = nlohmann::json::array();
@@ -678,15 +720,13 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
   // Without calibration data only the weights have values to compare.
   const char* basis = has_data_ ? "output" : "weight";
 
-  std::vector<std::string> csv_files;
-  for (const auto& round : rounds_json_) csv_files.push_back(round["file"]);
   nlohmann::json report = {
       {"schema", kReportSchema},
       {"quant_type", request_.quant_type},
       {"rounds", rounds_},
       {"data_distribution_columns", DistributionColumns()},
-      {"data_distribution_files", csv_files},
-      {"data_distribution", rounds_json_},
+      {"data_distribution_files", csv_files_},
+      {"data_distribution", "rows"},
       {"quant_params", params_json},
       {"output_summary", output_summary_},
       {"layer_cosine_basis", basis},
@@ -694,8 +734,7 @@ Status ReportBuilder::WriteFiles(DebugReportResult& result) {
       {"worst_layers", result.worst_layers},
       {"suggested_skip_quant_node", result.skip_line},
   };
-  QUANTD_RETURN_IF_ERROR(
-      Write("report.json", report.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n", result));
+  QUANTD_RETURN_IF_ERROR(WriteReportJson(report, result));
 
   nlohmann::json page = {{"schema", kReportSchema},
                          {"quant_type", request_.quant_type},
