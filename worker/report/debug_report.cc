@@ -549,15 +549,15 @@ Status ReportBuilder::WriteRound(const std::string& file_name) {
   std::string csv = DistributionHeader() + "\n";
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& entry : entries_) {
+    // Initializers are measured once; everything else, Constant outputs
+    // included, comes from this round's runs.
     const Stats* stats = nullptr;
-    if (entry.weight) {
-      auto& table = entry.dequant ? weight_dequant_ : weight_origin_;
-      auto found = table.find(entry.dequant ? entry.value_name : entry.tensor_name);
-      if (found != table.end()) stats = &found->second;
-    } else {
-      auto& table = entry.dequant ? dequant_ : origin_;
-      auto found = table.find(entry.value_name);
-      if (found != table.end()) stats = &found->second;
+    const auto& fixed = entry.dequant ? weight_dequant_ : weight_origin_;
+    const auto& per_round = entry.dequant ? dequant_ : origin_;
+    if (auto found = fixed.find(entry.value_name); entry.weight && found != fixed.end()) {
+      stats = &found->second;
+    } else if (auto measured = per_round.find(entry.value_name); measured != per_round.end()) {
+      stats = &measured->second;
     }
     if (!stats) continue;
     double clip = 0;
