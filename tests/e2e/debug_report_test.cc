@@ -407,6 +407,34 @@ TEST(DebugReportTest, BadDebugPathFailsTheConversionWithAClearReason) {
   std::filesystem::remove_all(out);
 }
 
+// Outlier removal cuts the calibrated ranges short of the data, so some
+// activations saturate, and the Clip column has to show it.
+TEST(DebugReportTest, RemovalOutlierCalibrationShowsClippedActivations) {
+  auto out = TempDir("quantd-debug-report-clip-");
+  auto calib = out / "calib";
+  WriteFashionMnistImages(calib, 4, 200, /*train=*/true);
+  auto report_dir = out / "report";
+  std::string text = FullQuantConfig(4, report_dir.string(), calib.string() + "/");
+  text = std::regex_replace(text, std::regex("MAX_MIN"), "REMOVAL_OUTLIER");
+  WriteText(out / "c.yaml", text);
+  auto run = RunCommand({(BinDir() / "quantctl").string(), "convert", "--model", BundledModel().string(), "--config",
+                         (out / "c.yaml").string(), "--out", (out / "model").string()});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  size_t clipped = 0;
+  for (const char* name : {"round_0000.csv", "round_0001.csv", "round_0002.csv", "round_0003.csv"}) {
+    auto csv = ReadCsv(report_dir / name);
+    ExpectDistributionCsvIsConsistent(csv, name);
+    for (const auto& row : csv.rows) {
+      double clip = std::stod(row.at("Clip"));
+      if (row.at("DataTypeFlag") != "Dequant" || row.at("TensorTypeFlag") != "Activation" || clip == 0) continue;
+      ++clipped;
+      EXPECT_LT(clip, 0.05) << name << " " << row.at("TensorName");
+    }
+  }
+  EXPECT_GT(clipped, 0u) << "no activation saturated although outliers were cut from the ranges";
+  std::filesystem::remove_all(out);
+}
+
 // report.html in a real browser: the chart and the histograms are drawn by
 // the page's own script, so a page that fails to run leaves them out.
 TEST(DebugReportBrowserTest, ReportHtmlRendersTheChartAndAHistogramPerWorstLayer) {
