@@ -195,8 +195,10 @@ StatusOr<nlohmann::json> RunDebugReport(const PipelineRequest& request, const co
   } else {
     summary["dir"] = debug.out_dir.string();
   }
-  observer.OnLog(LogLevel::kInfo, "debug report: " + std::to_string(written.rounds) + " rounds in " +
-                                      debug.out_dir.string() +
+  const std::string where = request.debug_report_in_out_dir
+                                ? "shipped with the job's artifacts (debug_info_save_path is not used in the service)"
+                                : "in " + debug.out_dir.string();
+  observer.OnLog(LogLevel::kInfo, "debug report: " + std::to_string(written.rounds) + " rounds, " + where +
                                       (written.skip_line.empty() ? "" : "; suggestion: " + written.skip_line));
   return summary;
 }
