@@ -22,6 +22,7 @@ DEBIAN_PACKAGES=(
   python3 python3-torch python3-numpy python3-onnx
   dataset-fashion-mnist libonnx-testdata opencv-doc
   clang libclang-rt-14-dev
+  chromium
 )
 ORT_PEER_DIR="$ROOT/tests/peer"
 

@@ -189,6 +189,7 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
     request.model_path = work_dir / "model.input.onnx";
     request.config_text = job.config_text();
     request.out_dir = work_dir / "out";
+    request.debug_report_in_out_dir = true;
     events.OnProgress("fetch", 0.0);
     if (auto status = FetchBlobToFile(*stub_, lease, job.model_sha256(), request.model_path); !status.ok()) {
       return finish(status);

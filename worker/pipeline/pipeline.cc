@@ -4,6 +4,7 @@
 #include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "common/files.h"
@@ -15,6 +16,7 @@
 #include "worker/quant/dynamic_quant.h"
 #include "worker/quant/full_quant.h"
 #include "worker/quant/weight_quant.h"
+#include "worker/report/debug_report.h"
 
 #ifndef QUANTD_VERSION
 #define QUANTD_VERSION "0.0.0"
@@ -134,10 +136,79 @@ bool IsWeighted(const std::string& op) {
   return op == "Conv" || op == "ConvTranspose" || op == "Gemm" || op == "MatMul";
 }
 
+// What the debug report needs to know about the quantization that ran.
+struct QuantizationRecord {
+  std::set<std::string> quantized_nodes;
+  std::vector<TensorQuantParam> params;
+};
+
+// Runs the float and the quantized model side by side and writes the debug
+// report; in the service into out_dir, shipped as artifacts.
+StatusOr<nlohmann::json> RunDebugReport(const PipelineRequest& request, const config::QuantConfig& config,
+                                        const onnx::ModelProto& original, const onnx::ModelProto& quantized,
+                                        const std::optional<QuantizationRecord>& record, StageRunner& stages,
+                                        PipelineObserver& observer, PipelineResult& result) {
+  if (!record) {
+    observer.OnLog(LogLevel::kWarning,
+                   "debug_info_save_path: the debug report covers FULL_QUANT and WEIGHT_QUANT; "
+                   "none written");
+    return nlohmann::json{{"written", false}};
+  }
+  report::DebugReportRequest debug;
+  debug.original = &original;
+  debug.quantized = &quantized;
+  debug.quant_type = config::ToString(config.common.quant_type);
+  debug.quantized_nodes = record->quantized_nodes;
+  debug.params = record->params;
+  debug.skip_quant_node = config.common.skip_quant_node;
+  debug.round_files = config.common.quant_type == config::QuantType::kFullQuant ? report::RoundFiles::kOnePerSample
+                                                                                : report::RoundFiles::kSingle;
+  debug.preprocess = &config.preprocess;
+  for (const auto& folder : request.calibration) debug.folders.push_back({folder.input_name, folder.dir.string()});
+  debug.num_threads = request.num_threads;
+  debug.out_dir = request.debug_report_in_out_dir ? request.out_dir / "debug_report"
+                                                  : std::filesystem::path(config.common.debug_info_save_path);
+  if (request.debug_report_in_out_dir) debug.tar_path = request.out_dir / "debug_report.tar";
+  debug.on_progress = [&](size_t done, size_t total) {
+    observer.OnProgress("debug_report", total ? static_cast<double>(done) / static_cast<double>(total) : 1.0);
+    return !observer.CancelRequested();
+  };
+  report::DebugReportResult written;
+  QUANTD_RETURN_IF_ERROR(stages.Run("debug_report", [&]() -> Status {
+    QUANTD_ASSIGN_OR_RETURN(written, report::WriteDebugReport(debug));
+    return Status::Ok();
+  }));
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& file : written.files) files.push_back(file.filename().string());
+  nlohmann::json summary = {
+      {"written", true}, {"schema", report::kReportSchema},      {"rounds", written.rounds},
+      {"files", files},  {"worst_layers", written.worst_layers}, {"suggested_skip_quant_node", written.skip_line}};
+  if (request.debug_report_in_out_dir) {
+    // Artifacts are flat names; the CSVs of every round travel in one tar.
+    nlohmann::json artifacts = nlohmann::json::array();
+    for (const char* name : {"report.html", "report.json", "quant_param.csv", "output_summary.csv"}) {
+      result.artifacts.push_back(debug.out_dir / name);
+      artifacts.push_back(name);
+    }
+    result.artifacts.push_back(debug.tar_path);
+    artifacts.push_back(debug.tar_path.filename().string());
+    summary["artifacts"] = artifacts;
+  } else {
+    summary["dir"] = debug.out_dir.string();
+  }
+  const std::string where = request.debug_report_in_out_dir
+                                ? "shipped with the job's artifacts (debug_info_save_path is not used in the service)"
+                                : "in " + debug.out_dir.string();
+  observer.OnLog(LogLevel::kInfo, "debug report: " + std::to_string(written.rounds) + " rounds, " + where +
+                                      (written.skip_line.empty() ? "" : "; suggestion: " + written.skip_line));
+  return summary;
+}
+
 // Calibrates, quantizes, and (with bias_correction) measures the mean shift
 // each quantized layer's output suffers and folds it into that layer's bias.
 StatusOr<nlohmann::json> RunFullQuant(const PipelineRequest& request, const config::QuantConfig& config,
-                                      onnx::ModelProto& model, StageRunner& stages, PipelineObserver& observer) {
+                                      onnx::ModelProto& model, StageRunner& stages, PipelineObserver& observer,
+                                      std::optional<QuantizationRecord>& record) {
   std::set<std::string> skip(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
   // Bias correction needs each weighted node's mean input per channel.
   std::map<std::string, int> mean_tensors;
@@ -190,6 +261,7 @@ StatusOr<nlohmann::json> RunFullQuant(const PipelineRequest& request, const conf
     return Status::Ok();
   }));
   model = std::move(quantized);
+  record = QuantizationRecord{{report.quantized_nodes.begin(), report.quantized_nodes.end()}, report.params};
   observer.OnLog(LogLevel::kInfo, "quantized " + std::to_string(report.quantized_nodes.size()) + " nodes, kept " +
                                       std::to_string(report.skipped.size()) + " in float");
   nlohmann::json skipped = nlohmann::json::array();
@@ -256,10 +328,15 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
     return Status::Ok();
   }));
 
+  const bool debug_report = !config.common.debug_info_save_path.empty();
+  onnx::ModelProto original;
+  if (debug_report) original = model;
+  std::optional<QuantizationRecord> record;
+
   nlohmann::json mode_report;
   std::string storage_note;
   if (config.common.quant_type == config::QuantType::kFullQuant) {
-    QUANTD_ASSIGN_OR_RETURN(mode_report, RunFullQuant(request, config, model, stages, observer));
+    QUANTD_ASSIGN_OR_RETURN(mode_report, RunFullQuant(request, config, model, stages, observer, record));
   } else {
     QUANTD_RETURN_IF_ERROR(stages.Run("quantize", [&]() -> Status {
       switch (config.common.quant_type) {
@@ -270,6 +347,8 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
                                                 " weights, skipped " + std::to_string(mixed.report.skipped.size()));
             mode_report = WeightReportJson(mixed.report);
             mode_report["mixed_bit"] = std::move(mixed.summary);
+            record = QuantizationRecord{report::NodesReadingDequantized(model),
+                                        report::WeightQuantParams(mixed.report)};
             storage_note = mixed.report.storage_note;
             return Status::Ok();
           }
@@ -292,6 +371,7 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
           }
           if (!report.storage_note.empty()) observer.OnLog(LogLevel::kInfo, report.storage_note);
           mode_report = WeightReportJson(report);
+          record = QuantizationRecord{report::NodesReadingDequantized(model), report::WeightQuantParams(report)};
           storage_note = report.storage_note;
           return Status::Ok();
         }
@@ -337,6 +417,12 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
     return Status::Ok();
   }));
 
+  nlohmann::json debug_summary;
+  if (debug_report) {
+    QUANTD_ASSIGN_OR_RETURN(debug_summary,
+                            RunDebugReport(request, config, original, model, record, stages, observer, result));
+  }
+
   int64_t output_bytes = static_cast<int64_t>(std::filesystem::file_size(output_path, ec));
   QUANTD_ASSIGN_OR_RETURN(auto output_sha256, Sha256OfFile(output_path));
   nlohmann::json timings = nlohmann::json::array();
@@ -361,6 +447,7 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
        mode_report},
       {"storage_note", storage_note},
   };
+  if (debug_report) summary["debug_report"] = debug_summary;
   auto summary_path = request.out_dir / "summary.json";
   QUANTD_RETURN_IF_ERROR(WriteFileAtomic(summary_path, summary.dump(2) + "\n"));
   result.artifacts.push_back(summary_path);

@@ -25,6 +25,10 @@ struct PipelineRequest {
   std::filesystem::path out_dir;
   // Threads the executor may use while calibrating.
   int num_threads = 1;
+  // The service sets this: debug_info_save_path names a folder on the
+  // client's machine, so the debug report goes to out_dir/debug_report
+  // instead and its files become artifacts.
+  bool debug_report_in_out_dir = false;
 };
 
 struct StageTiming {
