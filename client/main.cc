@@ -14,6 +14,7 @@
 #include "client/client.h"
 #include "client/progress.h"
 #include "common/archive.h"
+#include "common/channel.h"
 #include "common/files.h"
 #include "common/ids.h"
 #include "worker/calib/dataset.h"
@@ -44,7 +45,14 @@ commands:
   bench --model M.onnx [--batch B] [--iters K] [--threads N]
                        time the executor on random inputs; prints {"ms_per_batch": ...}
 
---server defaults to $QUANTD_SERVER or 127.0.0.1:50051.
+global flags (before the command):
+  --server ADDR          quantd address; default $QUANTD_SERVER or 127.0.0.1:50051
+  --token-file PATH      bearer token for a server with authentication (default: $QUANTD_TOKEN)
+  --tls                  connect with TLS, trusting the system's CAs
+  --ca-cert PEM          connect with TLS, trusting this CA (implies --tls)
+  --client-cert PEM --client-key PEM
+                         client certificate for a server that requires mutual TLS
+
 Exit status: 0 success; 1 the job failed or was cancelled; 2 usage or request error.
 )";
 
@@ -373,6 +381,8 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);  // on failure, carry on as we are
   }
   std::string server = std::getenv("QUANTD_SERVER") ? std::getenv("QUANTD_SERVER") : "127.0.0.1:50051";
+  quantd::ChannelOptions channel_options;
+  std::string token_file;
   int i = 1;
   while (i < argc && std::string(argv[i]).rfind("--", 0) == 0) {
     std::string flag = argv[i];
@@ -380,15 +390,42 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     }
-    if (flag == "--server" && i + 1 < argc) {
-      server = argv[i + 1];
-      i += 2;
-    } else if (flag.rfind("--server=", 0) == 0) {
-      server = flag.substr(9);
+    if (flag == "--tls") {
+      channel_options.use_tls = true;
       ++i;
+      continue;
+    }
+    std::string value;
+    if (auto eq = flag.find('='); eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      ++i;
+    } else {
+      if (i + 1 >= argc) Die(flag + " needs a value");
+      value = argv[i + 1];
+      i += 2;
+    }
+    if (flag == "--server") {
+      server = value;
+    } else if (flag == "--token-file") {
+      token_file = value;
+    } else if (flag == "--ca-cert") {
+      channel_options.ca_cert = value;
+    } else if (flag == "--client-cert") {
+      channel_options.client_cert = value;
+    } else if (flag == "--client-key") {
+      channel_options.client_key = value;
     } else {
       Die("unknown flag " + flag + " before the command (see --help)");
     }
+  }
+  channel_options.address = server;
+  if (!token_file.empty()) {
+    auto token = quantd::ReadTokenFile(token_file);
+    if (!token.ok()) DieStatus(token.status().WithContext("--token-file"));
+    channel_options.bearer_token = *token;
+  } else if (const char* token = std::getenv("QUANTD_TOKEN"); token != nullptr) {
+    channel_options.bearer_token = token;
   }
   if (i >= argc) Die("no command given (see --help)");
   std::string command = argv[i++];
@@ -401,7 +438,9 @@ int main(int argc, char** argv) {
   }
   if (command == "run") return RunModel(ParseArgs(argc, argv, i, {"model", "input", "out", "threads"}, {}));
   if (command == "bench") return BenchModel(ParseArgs(argc, argv, i, {"model", "batch", "iters", "threads"}, {}));
-  quantd::client::QuantClient client(server);
+  auto channel = quantd::OpenChannel(channel_options);
+  if (!channel.ok()) DieStatus(channel.status());
+  quantd::client::QuantClient client(*channel);
   if (command == "submit") {
     return Submit(
         client, ParseArgs(argc, argv, i,
