@@ -27,8 +27,7 @@ std::string DeviceLabel(v1::DeviceClass device) {
 }  // namespace
 
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
-  jobs_by_state_ =
-      &prometheus::BuildGauge().Name("quantd_jobs").Help("Jobs in the store by state").Register(*registry_);
+  jobs_by_state_ = &prometheus::BuildGauge().Name("quantd_jobs").Help("Jobs in the store by state").Register(*registry_);
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("quantd_queue_depth")
                       .Help("Queued jobs waiting for a worker, by requested device class")
@@ -70,8 +69,7 @@ StatusOr<std::string> Metrics::Serve(const std::string& listen) {
 }
 
 void Metrics::JobFinished(const v1::Job& job) {
-  static const prometheus::Histogram::BucketBoundaries kBuckets = {0.1, 0.5, 1,   2,   5,    10,  30,
-                                                                   60,  120, 300, 600, 1800, 3600};
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
   if (job.started_unix_ms() == 0 || job.finished_unix_ms() < job.started_unix_ms()) return;
   double seconds = static_cast<double>(job.finished_unix_ms() - job.started_unix_ms()) / 1000.0;
   job_duration_->Add({{"state", StateLabel(job.state())}}, kBuckets).Observe(seconds);
