@@ -6,12 +6,14 @@
 #include <grpcpp/security/server_credentials.h>
 #include <unistd.h>
 
+// clang-format off
+#include <utility>  // Boost 1.74 asio uses std::exchange without including it
 #include <boost/asio.hpp>
+// clang-format on
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
-#include <utility>  // Boost 1.74 asio uses std::exchange without including it
 
 #include "common/files.h"
 #include "common/log.h"

@@ -2,11 +2,13 @@
 
 #include <sys/types.h>
 
+// clang-format off
+#include <utility>  // Boost 1.74 asio uses std::exchange without including it
 #include <boost/asio.hpp>
+// clang-format on
 #include <filesystem>
 #include <map>
 #include <string>
-#include <utility>  // Boost 1.74 asio uses std::exchange without including it
 #include <vector>
 
 namespace quantd::server {

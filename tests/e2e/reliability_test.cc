@@ -43,8 +43,7 @@ std::string ReadConfig(const std::string& name) {
   return *text;
 }
 
-v1::SubmitJobRequest WeightQuantRequest(const std::string& model_sha,
-                                        v1::DeviceClass device = v1::DEVICE_CLASS_ANY) {
+v1::SubmitJobRequest WeightQuantRequest(const std::string& model_sha, v1::DeviceClass device = v1::DEVICE_CLASS_ANY) {
   static const std::string config = ReadConfig("weight_quant_8bit.yaml");
   v1::SubmitJobRequest request;
   request.set_request_id(NewId("req-"));
@@ -55,7 +54,9 @@ v1::SubmitJobRequest WeightQuantRequest(const std::string& model_sha,
   return request;
 }
 
-std::string StateText(v1::JobState state) { return client::StateName(state); }
+std::string StateText(v1::JobState state) {
+  return client::StateName(state);
+}
 
 // Polls the job until `done` holds or `timeout` passes; returns the last
 // state seen either way, so the caller's assertion names what went wrong.
@@ -256,18 +257,27 @@ TEST_F(ReliabilityTest, WorkerKilledMidJobIsRetriedElsewhereAndSucceeds) {
   ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << "the job ended before a worker could be killed";
   pid_t victim = server.WorkerPid(running.worker());
   ASSERT_GT(victim, 0) << "no live worker process named " << running.worker();
+  const auto victim_scratch = server.worker_scratch_root() / ("w-" + std::to_string(victim));
+  EXPECT_TRUE(std::filesystem::exists(victim_scratch / (job_id + "-1")))
+      << "the job's inputs live in " << victim_scratch;
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
 
   auto job = WaitForEnd(client, job_id, seconds(120));
   ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.failure_reason() << ": " << job.failure_message();
   EXPECT_EQ(job.attempts(), 2);
+  // The worker that replaced the killed one removed what it left behind.
+  auto scratch_deadline = Clock::now() + seconds(10);
+  while (std::filesystem::exists(victim_scratch) && Clock::now() < scratch_deadline) {
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  EXPECT_FALSE(std::filesystem::exists(victim_scratch)) << "scratch of the SIGKILLed worker was never cleaned";
 
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  ASSERT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  ASSERT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   EXPECT_NE(states[1].message().find("attempt 1 on " + running.worker()), std::string::npos) << states[1].message();
   EXPECT_NE(states[2].message().find("lease expired"), std::string::npos) << states[2].message();
@@ -326,9 +336,9 @@ TEST_F(ReliabilityTest, JobThatKillsEveryWorkerFailsAsWorkerLostAfterMaxAttempts
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  EXPECT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_FAILED}))
+  EXPECT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_FAILED}))
       << Describe(states);
   ASSERT_FALSE(states.empty());
   EXPECT_EQ(states.back().reason(), "WORKER_LOST");
@@ -359,9 +369,9 @@ TEST_F(ReliabilityTest, StalledWorkerThatLostItsLeaseCannotFinishTheJob) {
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  EXPECT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  EXPECT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   // The woken worker dropped its work and went back to serving.
   EXPECT_TRUE(ProcessAlive(stalled));
@@ -422,9 +432,9 @@ TEST_F(ReliabilityTest, ServerKilledAndRestartedKeepsJobsHistoryArtifactsAndWatc
     EXPECT_EQ(watched_events[i].SerializeAsString(), stored[i].SerializeAsString()) << "event " << i + 1;
   }
   auto states = StateChanges(stored);
-  ASSERT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  ASSERT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   EXPECT_NE(states[2].message().find("lease expired"), std::string::npos) << states[2].message();
   ExpectArtifactsDownload(client, **watched, out_ / "running");
@@ -491,9 +501,9 @@ TEST_F(ReliabilityTest, SigtermDrainsWithinTheGracePeriodAndTheJobResumesAfterRe
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  ASSERT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  ASSERT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   EXPECT_EQ(states[2].reason(), "WORKER_SHUTDOWN") << "the drain hands the job back instead of losing its lease";
   ExpectArtifactsDownload(client, job, out_ / "downloaded");
@@ -630,8 +640,8 @@ TEST_F(ReliabilityTest, ManyConcurrentClientsEachJobRunsExactlyOnce) {
     EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.id() << ": " << job.failure_message();
     EXPECT_EQ(job.attempts(), 1) << job.id();
     auto states = StateChanges(record.events);
-    EXPECT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                            v1::JOB_STATE_SUCCEEDED}))
+    EXPECT_EQ(Sequence(states),
+              (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
         << job.id() << ": " << Describe(states);
     ExpectDenseSeqs(record.events, job.id());
     succeeded += job.state() == v1::JOB_STATE_SUCCEEDED;
@@ -653,8 +663,8 @@ TEST_F(ReliabilityTest, ManyConcurrentClientsEachJobRunsExactlyOnce) {
     EXPECT_EQ(job.attempts(), 1) << job.id();
   }
 
-  std::cout << "[ reliability ] " << kClients * kJobsPerClient << " jobs from " << kClients << " clients in "
-            << wall_s << " s: " << kClients * kJobsPerClient / wall_s << " jobs/s\n"
+  std::cout << "[ reliability ] " << kClients * kJobsPerClient << " jobs from " << kClients << " clients in " << wall_s
+            << " s: " << kClients * kJobsPerClient / wall_s << " jobs/s\n"
             << "[ reliability ] submit -> first event ms: p50 " << Percentile(first_event, 0.5) << ", p99 "
             << Percentile(first_event, 0.99) << "\n"
             << "[ reliability ] submit -> running ms: p50 " << Percentile(running, 0.5) << ", p99 "
