@@ -32,6 +32,7 @@ constexpr const char* kUsage = R"(usage: quantctl [--server ADDR] COMMAND [flags
 commands:
   submit --model M.onnx --config C.yaml [--calib NAME=DIR ...] [--priority P]
          [--device cpu|gpu|any] [--label K=V ...] [--request-id ID] [--wait] [--out DIR]
+         [--memory-limit-mb MB] [--time-limit-seconds S]   (capped by the server's maximums)
          Without --wait prints only the job id.
   watch JOB            follow a job's progress and logs until it ends
   list [--state S] [--limit N]
@@ -163,6 +164,8 @@ int WatchJob(quantd::client::QuantClient& client, const std::string& job_id) {
   return PrintWatchOutcome(job);
 }
 
+int ParseCount(const Args& args, const std::string& name, int fallback, int max);
+
 int Submit(quantd::client::QuantClient& client, const Args& args) {
   auto model = args.Require("model");
   auto config_text = ReadText(args.Require("config"), "--config");
@@ -197,6 +200,8 @@ int Submit(quantd::client::QuantClient& client, const Args& args) {
     }
   }
   request.set_device(ParseDevice(args.Get("device").value_or("any")));
+  request.mutable_limits()->set_memory_bytes(int64_t{ParseCount(args, "memory-limit-mb", 0, 1 << 24)} << 20);
+  request.mutable_limits()->set_time_seconds(ParseCount(args, "time-limit-seconds", 0, 7 * 86400));
   for (const auto& label : args.All("label")) {
     auto eq = label.find('=');
     if (eq == std::string::npos || eq == 0) Die("--label takes KEY=VALUE, got '" + label + "'");
@@ -442,9 +447,10 @@ int main(int argc, char** argv) {
   if (!channel.ok()) DieStatus(channel.status());
   quantd::client::QuantClient client(*channel);
   if (command == "submit") {
-    return Submit(
-        client, ParseArgs(argc, argv, i,
-                          {"model", "config", "calib", "priority", "device", "label", "request-id", "out"}, {"wait"}));
+    return Submit(client, ParseArgs(argc, argv, i,
+                                    {"model", "config", "calib", "priority", "device", "label", "request-id", "out",
+                                     "memory-limit-mb", "time-limit-seconds"},
+                                    {"wait"}));
   }
   if (command == "list") return List(client, ParseArgs(argc, argv, i, {"state", "limit"}, {}));
   auto args = ParseArgs(argc, argv, i, {"out"}, {});

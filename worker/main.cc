@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "worker/agent/agent.h"
+#include "worker/agent/pipeline_process.h"
 
 namespace {
 
@@ -45,6 +46,10 @@ int main(int argc, char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
     ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
     ::execv("/proc/self/exe", argv);  // on failure, carry on as we are
+  }
+  if (argc > 1 && std::string(argv[1]) == "--run-pipeline") {
+    quantd::SetLogComponent("quantd-worker");
+    return quantd::worker::PipelineProcessMain(argc, argv);
   }
   std::signal(SIGPIPE, SIG_IGN);
   quantd::worker::AgentOptions options;

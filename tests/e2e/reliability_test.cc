@@ -304,6 +304,66 @@ TEST_F(ReliabilityTest, WorkerKilledMidJobIsRetriedElsewhereAndSucceeds) {
   ExpectArtifactsDownload(client, job, out_ / "downloaded");
 }
 
+// Limits run the pipeline in a child process of the worker; a job over its
+// limit fails for good on its first attempt and the worker carries on.
+TEST_F(ReliabilityTest, JobOverItsMemoryLimitFailsOnceOthersComplete) {
+  auto options = FastLeaseOptions(1, 3);
+  options.yaml_lines.push_back("max_job_memory_limit_mb: 4096");
+  QuantdProcess server(options);
+  QuantClient client(server.address());
+  auto slow_sha = SlowModelSha(client);  // 128 MiB of float weights
+  auto tiny = WeightQuantRequest(slow_sha);
+  tiny.mutable_limits()->set_memory_bytes(32 << 20);
+  auto over = client.Submit(tiny);
+  ASSERT_TRUE(over.ok()) << over.status().message();
+  EXPECT_EQ(over->job().limits().memory_bytes(), 32 << 20);
+  auto ample = WeightQuantRequest(UploadOrDie(client, BundledModel()));
+  ample.mutable_limits()->set_memory_bytes(int64_t{1} << 50);  // capped at the server's 4096 MiB
+  auto within = client.Submit(ample);
+  ASSERT_TRUE(within.ok()) << within.status().message();
+  EXPECT_EQ(within->job().limits().memory_bytes(), int64_t{4096} << 20);
+
+  auto failed = WaitForEnd(client, over->job().id(), seconds(120));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED) << failed.failure_reason() << ": " << failed.failure_message();
+  EXPECT_EQ(failed.failure_reason(), "MEMORY_LIMIT_EXCEEDED") << failed.failure_message();
+  EXPECT_EQ(failed.attempts(), 1) << "a job over its memory limit is not retried";
+  EXPECT_NE(failed.failure_message().find("32 MiB"), std::string::npos) << failed.failure_message();
+
+  auto done = WaitForEnd(client, within->job().id(), seconds(180));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.failure_reason() << ": " << done.failure_message();
+  EXPECT_EQ(done.attempts(), 1);
+  ExpectArtifactsDownload(client, done, out_ / "within");
+  auto ort = RunOrt({"eval", "--model", (out_ / "within" / "model.onnx").string(), "--reference",
+                     BundledModel().string(), "--count", "1000"});
+  EXPECT_GT(ort["top1_agreement"].get<double>(), 0.98) << ort.dump();
+}
+
+TEST_F(ReliabilityTest, JobOverItsTimeLimitFailsOnceOthersComplete) {
+  auto options = FastLeaseOptions(1, 3);
+  options.yaml_lines.push_back("max_job_time_limit_seconds: 600");
+  QuantdProcess server(options);
+  QuantClient client(server.address());
+  auto request = WeightQuantRequest(SlowModelSha(client));
+  request.mutable_limits()->set_time_seconds(1);
+  auto slow = client.Submit(request);
+  ASSERT_TRUE(slow.ok()) << slow.status().message();
+  auto capped_request = WeightQuantRequest(SlowModelSha(client));
+  capped_request.mutable_limits()->set_time_seconds(1000000);
+  auto capped = client.Submit(capped_request);
+  ASSERT_TRUE(capped.ok()) << capped.status().message();
+  EXPECT_EQ(capped->job().limits().time_seconds(), 600);
+  auto started = Clock::now();
+  auto failed = WaitForEnd(client, slow->job().id(), seconds(120));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED) << failed.failure_reason() << ": " << failed.failure_message();
+  EXPECT_EQ(failed.failure_reason(), "TIME_LIMIT_EXCEEDED") << failed.failure_message();
+  EXPECT_EQ(failed.attempts(), 1) << "a job over its time limit is not retried";
+  EXPECT_LT(Clock::now() - started, seconds(30)) << "the job was stopped at its limit, not when it finished";
+
+  auto done = WaitForEnd(client, capped->job().id(), seconds(180));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.failure_reason() << ": " << done.failure_message();
+  ExpectArtifactsDownload(client, done, out_ / "capped");
+}
+
 TEST_F(ReliabilityTest, JobThatKillsEveryWorkerFailsAsWorkerLostAfterMaxAttempts) {
   QuantdProcess server(FastLeaseOptions(2, 2));
   QuantClient client(server.address());

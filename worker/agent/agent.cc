@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/rpc_status.h"
 #include "common/sha256.h"
+#include "worker/agent/pipeline_process.h"
 #include "worker/pipeline/pipeline.h"
 
 namespace quantd::worker {
@@ -266,7 +267,10 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
       request.calibration.push_back({calibration.input_name(), folder});
     }
     events.OnProgress("fetch", 1.0);
-    auto ran = pipeline::RunPipeline(request, events);
+    PipelineLimits limits;
+    limits.memory_bytes = job.limits().memory_bytes();
+    limits.time_seconds = job.limits().time_seconds();
+    auto ran = RunPipelineProcess(request, limits, events);
     if (ran.ok()) result = std::move(*ran);
     finish(ran.ok() ? Status::Ok() : ran.status());
   });
@@ -330,7 +334,8 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
     request.set_lease_id(lease.lease_id());
     request.set_reason(shutting_down ? "WORKER_SHUTDOWN" : outcome.reason());
     request.set_message(shutting_down ? "the worker was stopped; the job goes back to the queue" : outcome.message());
-    request.set_retryable(shutting_down || !pipeline::IsInputError(outcome));
+    // Neither bad input nor a job over its limits does better on a retry.
+    request.set_retryable(shutting_down || (!pipeline::IsInputError(outcome) && !IsLimitExceeded(outcome)));
     v1::Empty empty;
     grpc::ClientContext context;
     auto status = stub_->FailJob(&context, request, &empty);
