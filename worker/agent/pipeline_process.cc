@@ -184,7 +184,8 @@ StatusOr<pipeline::PipelineResult> RunPipelineProcess(const pipeline::PipelineRe
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   const auto deadline = started + std::chrono::seconds(limits.time_seconds);
-  bool timed_out = false, term_sent = false;
+  bool timed_out = false;
+  std::optional<Clock::time_point> last_term;
   FrameReader reader;
   Status protocol_error;
   std::optional<Status> failure;
@@ -196,8 +197,10 @@ StatusOr<pipeline::PipelineResult> RunPipelineProcess(const pipeline::PipelineRe
       timed_out = true;
       ::kill(pid, SIGKILL);
     }
-    if (observer.CancelRequested() && !term_sent) {
-      term_sent = true;
+    // Repeated, because a signal that lands before the child has installed
+    // its handler (between fork and exec, say) is lost.
+    if (observer.CancelRequested() && (!last_term || Clock::now() - *last_term > std::chrono::milliseconds(500))) {
+      last_term = Clock::now();
       ::kill(pid, SIGTERM);
     }
     pollfd poll_fd{fds[0], POLLIN, 0};
@@ -250,6 +253,9 @@ StatusOr<pipeline::PipelineResult> RunPipelineProcess(const pipeline::PipelineRe
   if (!protocol_error.ok()) return protocol_error;
   if (failure) return *failure;
   if (done && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0) return result;
+  if (last_term && WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGTERM) {
+    return Cancelled("the job was stopped before its pipeline started");
+  }
   std::string how = WIFSIGNALED(wait_status) ? "signal " + std::to_string(WTERMSIG(wait_status))
                                              : "exit code " + std::to_string(WEXITSTATUS(wait_status));
   // Under a memory limit, allocation failures surface in many ways: an
@@ -261,6 +267,8 @@ StatusOr<pipeline::PipelineResult> RunPipelineProcess(const pipeline::PipelineRe
 }
 
 int PipelineProcessMain(int argc, char** argv) {
+  std::signal(SIGTERM, OnTerminate);
+  std::signal(SIGINT, SIG_IGN);
   FrameWriter out(kReportFd);
   pipeline::PipelineRequest request;
   int64_t memory_limit = 0;
@@ -288,8 +296,6 @@ int PipelineProcessMain(int argc, char** argv) {
     return 0;
   }
   request.config_text = *config_text;
-  std::signal(SIGTERM, OnTerminate);
-  std::signal(SIGINT, SIG_IGN);
   if (memory_limit > 0) {
     // RLIMIT_DATA counts what the job allocates (heap and private mappings)
     // but not address space merely reserved, as thread stacks and
