@@ -18,6 +18,8 @@
 #include "server/server_config.h"
 
 #ifdef QUANTD_JOB_STORE_TEST_POSTGRES
+#include <libpq-fe.h>
+
 #include "tests/pg/postgres_server.h"
 #endif
 
@@ -501,8 +503,75 @@ std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
   return info.param == Backend::kSqlite ? "sqlite" : "postgres";
 }
 
+// A store holding "job-old" (request id "req-old") written before jobs had
+// tenants, opened twice: the migration runs once and is then a no-op.
+void ExpectOldJobBelongsToTheDefaultTenant(const ServerConfig& config) {
+  for (int open = 0; open < 2; ++open) {
+    auto store = OpenJobStore(config);
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    auto listed = (*store)->ListJobs(kDefaultTenant, {}, 50, "");
+    ASSERT_TRUE(listed.ok()) << listed.status().message();
+    ASSERT_EQ(listed->jobs.size(), 1u);
+    EXPECT_EQ(listed->jobs[0].id(), "job-old");
+    EXPECT_EQ(job_rules::TenantOf(listed->jobs[0]), kDefaultTenant);
+    EXPECT_EQ((*store)->ListJobs("alpha", {}, 50, "")->jobs.size(), static_cast<size_t>(open))
+        << "the old job is not alpha's";
+    v1::Job same_key;
+    same_key.set_id(NewId("job-"));
+    same_key.set_request_id("req-old");
+    same_key.set_tenant("alpha");
+    auto created = (*store)->CreateJob(same_key);
+    ASSERT_TRUE(created.ok()) << created.status().message();
+    EXPECT_EQ(created->second, open == 1) << "alpha's own key deduplicates only onto alpha's job";
+    EXPECT_NE(created->first.id(), "job-old");
+  }
+}
+
+v1::Job OldJob() {
+  v1::Job job;
+  job.set_id("job-old");
+  job.set_request_id("req-old");
+  job.set_state(v1::JOB_STATE_SUCCEEDED);
+  job.set_device(v1::DEVICE_CLASS_ANY);
+  job.set_created_unix_ms(1000);
+  return job;
+}
+
 #ifdef QUANTD_JOB_STORE_TEST_POSTGRES
 INSTANTIATE_TEST_SUITE_P(Postgres, JobStoreTest, ::testing::Values(Backend::kPostgres), BackendName);
+
+TEST(PostgresJobStoreMigration, JobsFromBeforeTenantsBelongToTheDefaultTenant) {
+  ServerConfig config;
+  config.job_store = JobStoreBackend::kPostgres;
+  config.postgres_dsn = quantd::testing::SharedPostgresServer().CreateDatabase("migration");
+  PGconn* conn = PQconnectdb(config.postgres_dsn.c_str());
+  ASSERT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  // The schema as quantd created it before tenants.
+  PGresult* schema = PQexec(conn,
+                            "CREATE TABLE quantd_jobs(id TEXT COLLATE \"C\" PRIMARY KEY,"
+                            " request_id TEXT NOT NULL DEFAULT '', state INTEGER NOT NULL, device INTEGER NOT NULL,"
+                            " priority INTEGER NOT NULL, created_ms BIGINT NOT NULL, lease_id TEXT NOT NULL DEFAULT '',"
+                            " lease_expires_ms BIGINT NOT NULL DEFAULT 0, last_seq BIGINT NOT NULL DEFAULT 0,"
+                            " proto BYTEA NOT NULL);"
+                            "CREATE UNIQUE INDEX quantd_jobs_request ON quantd_jobs(request_id) WHERE request_id <> '';"
+                            "CREATE TABLE quantd_job_events(job_id TEXT COLLATE \"C\" NOT NULL"
+                            " REFERENCES quantd_jobs(id) ON DELETE CASCADE, seq BIGINT NOT NULL, proto BYTEA NOT NULL,"
+                            " PRIMARY KEY(job_id, seq));");
+  ASSERT_EQ(PQresultStatus(schema), PGRES_COMMAND_OK) << PQresultErrorMessage(schema);
+  PQclear(schema);
+  auto bytes = OldJob().SerializeAsString();
+  const char* values[] = {bytes.data()};
+  int lengths[] = {static_cast<int>(bytes.size())};
+  int formats[] = {1};
+  PGresult* insert = PQexecParams(conn,
+                                  "INSERT INTO quantd_jobs(id, request_id, state, device, priority, created_ms, proto)"
+                                  " VALUES('job-old', 'req-old', 3, 3, 0, 1000, $1)",
+                                  1, nullptr, values, lengths, formats, 0);
+  ASSERT_EQ(PQresultStatus(insert), PGRES_COMMAND_OK) << PQresultErrorMessage(insert);
+  PQclear(insert);
+  PQfinish(conn);
+  ExpectOldJobBelongsToTheDefaultTenant(config);
+}
 
 TEST(PostgresJobStoreOpen, AnUnreachableServerIsAnErrorNotAHang) {
   ServerConfig config;
@@ -563,11 +632,7 @@ INSTANTIATE_TEST_SUITE_P(Sqlite, JobStoreTest, ::testing::Values(Backend::kSqlit
 TEST(SqliteJobStoreMigration, JobsFromBeforeTenantsBelongToTheDefaultTenant) {
   auto dir = std::filesystem::temp_directory_path() / NewId("job-store-migration-");
   std::filesystem::create_directories(dir);
-  v1::Job old_job;
-  old_job.set_id("job-old");
-  old_job.set_request_id("req-old");
-  old_job.set_state(v1::JOB_STATE_SUCCEEDED);
-  old_job.set_created_unix_ms(1000);
+  auto old_job = OldJob();
   {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open((dir / "quantd.db").c_str(), &db), SQLITE_OK);
@@ -590,24 +655,7 @@ TEST(SqliteJobStoreMigration, JobsFromBeforeTenantsBelongToTheDefaultTenant) {
   }
   ServerConfig config;
   config.data_dir = dir;
-  for (int open = 0; open < 2; ++open) {  // the migration runs once and is then a no-op
-    auto store = OpenJobStore(config);
-    ASSERT_TRUE(store.ok()) << store.status().message();
-    auto listed = (*store)->ListJobs(kDefaultTenant, {}, 50, "");
-    ASSERT_TRUE(listed.ok()) << listed.status().message();
-    ASSERT_EQ(listed->jobs.size(), 1u);
-    EXPECT_EQ(job_rules::TenantOf(listed->jobs[0]), kDefaultTenant);
-    EXPECT_EQ((*store)->ListJobs("alpha", {}, 50, "")->jobs.size(), static_cast<size_t>(open))
-        << "the old job is not alpha's";
-    v1::Job same_key;
-    same_key.set_id(NewId("job-"));
-    same_key.set_request_id("req-old");
-    same_key.set_tenant("alpha");
-    auto created = (*store)->CreateJob(same_key);
-    ASSERT_TRUE(created.ok()) << created.status().message();
-    EXPECT_EQ(created->second, open == 1) << "alpha's own key deduplicates only onto alpha's job";
-    EXPECT_NE(created->first.id(), "job-old");
-  }
+  ExpectOldJobBelongsToTheDefaultTenant(config);
   std::filesystem::remove_all(dir);
 }
 
@@ -664,9 +712,8 @@ TEST_F(JobStoreConfigTest, TokensAreReadAsHashesAndCheckedForMistakes) {
   EXPECT_EQ(Load("tokens:\n  - {tenant: ../etc, sha256: " + alpha + "}\n", bad_tenant).reason(),
             "SERVER_CONFIG_BAD_TENANT");
   ServerConfig shared;
-  ASSERT_TRUE(Load("tokens:\n  - {tenant: alpha, sha256: " + alpha + "}\nworker_token_sha256: " + alpha + "\n",
-                   shared)
-                  .ok());
+  ASSERT_TRUE(
+      Load("tokens:\n  - {tenant: alpha, sha256: " + alpha + "}\nworker_token_sha256: " + alpha + "\n", shared).ok());
   EXPECT_EQ(ValidateServerConfig(shared).reason(), "SERVER_CONFIG_DUPLICATE_TOKEN")
       << "a worker and a tenant must not share a token";
   ServerConfig limits;
