@@ -138,16 +138,21 @@ Status WorkerAgent::ClaimScratch() {
   std::error_code ec;
   std::filesystem::create_directories(options_.work_root, ec);
   if (ec) return Internal("IO_ERROR", "cannot create " + options_.work_root.string() + ": " + ec.message());
+  // The lock lives exactly as long as this process: the kernel drops it
+  // however the process ends, so an unlocked folder belongs to nobody. The
+  // folder gets its w- name only once locked, so a worker starting beside
+  // this one never finds it unlocked while its owner lives.
+  auto claiming = options_.work_root / (".claim-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(claiming, ec);
+  std::filesystem::create_directories(claiming, ec);
+  scratch_lock_fd_ = ::open((claiming / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (scratch_lock_fd_ < 0 || ::flock(scratch_lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return Internal("IO_ERROR", "cannot lock a scratch folder in " + options_.work_root.string());
+  }
   scratch_ = options_.work_root / ("w-" + std::to_string(::getpid()));
   std::filesystem::remove_all(scratch_, ec);  // a dead worker that had this pid
-  std::filesystem::create_directories(scratch_, ec);
+  std::filesystem::rename(claiming, scratch_, ec);
   if (ec) return Internal("IO_ERROR", "cannot create " + scratch_.string() + ": " + ec.message());
-  // The lock lives exactly as long as this process: the kernel drops it
-  // however the process ends, so an unlocked folder belongs to nobody.
-  scratch_lock_fd_ = ::open((scratch_ / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (scratch_lock_fd_ < 0 || ::flock(scratch_lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    return Internal("IO_ERROR", "cannot lock " + scratch_.string());
-  }
   for (const auto& entry : std::filesystem::directory_iterator(options_.work_root, ec)) {
     auto name = entry.path().filename().string();
     if (entry.path() == scratch_ || !entry.is_directory(ec)) continue;
