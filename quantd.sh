@@ -18,7 +18,7 @@ DEBIAN_PACKAGES=(
   libonnx-dev libopencv-dev libeigen3-dev libdnnl-dev
   libboost-dev libboost-system-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libsqlite3-dev libarchive-dev libssl-dev nlohmann-json3-dev
-  libpq-dev postgresql
+  libpq-dev postgresql openssl
   python3 python3-torch python3-numpy python3-onnx
   dataset-fashion-mnist libonnx-testdata opencv-doc
   clang libclang-rt-14-dev

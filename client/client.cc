@@ -45,6 +45,10 @@ QuantClient::QuantClient(const std::string& server_address) {
   stub_ = v1::QuantService::NewStub(channel_);
 }
 
+QuantClient::QuantClient(std::shared_ptr<grpc::Channel> channel) : channel_(std::move(channel)) {
+  stub_ = v1::QuantService::NewStub(channel_);
+}
+
 StatusOr<std::string> QuantClient::UploadFile(const std::filesystem::path& file) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(file, ec)) return NotFound("FILE_NOT_FOUND", file.string() + " is not a file");

@@ -15,6 +15,8 @@ namespace quantd::client {
 class QuantClient {
  public:
   explicit QuantClient(const std::string& server_address);
+  // A channel from OpenChannel: TLS, a bearer token.
+  explicit QuantClient(std::shared_ptr<grpc::Channel> channel);
 
   // Uploads a file unless the server already has it; resumes a partial
   // upload from the committed offset. Returns the sha256.

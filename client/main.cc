@@ -14,6 +14,7 @@
 #include "client/client.h"
 #include "client/progress.h"
 #include "common/archive.h"
+#include "common/channel.h"
 #include "common/files.h"
 #include "common/ids.h"
 #include "worker/calib/dataset.h"
@@ -31,6 +32,7 @@ constexpr const char* kUsage = R"(usage: quantctl [--server ADDR] COMMAND [flags
 commands:
   submit --model M.onnx --config C.yaml [--calib NAME=DIR ...] [--priority P]
          [--device cpu|gpu|any] [--label K=V ...] [--request-id ID] [--wait] [--out DIR]
+         [--memory-limit-mb MB] [--time-limit-seconds S]   (capped by the server's maximums)
          Without --wait prints only the job id.
   watch JOB            follow a job's progress and logs until it ends
   list [--state S] [--limit N]
@@ -44,7 +46,14 @@ commands:
   bench --model M.onnx [--batch B] [--iters K] [--threads N]
                        time the executor on random inputs; prints {"ms_per_batch": ...}
 
---server defaults to $QUANTD_SERVER or 127.0.0.1:50051.
+global flags (before the command):
+  --server ADDR          quantd address; default $QUANTD_SERVER or 127.0.0.1:50051
+  --token-file PATH      bearer token for a server with authentication (default: $QUANTD_TOKEN)
+  --tls                  connect with TLS, trusting the system's CAs
+  --ca-cert PEM          connect with TLS, trusting this CA (implies --tls)
+  --client-cert PEM --client-key PEM
+                         client certificate for a server that requires mutual TLS
+
 Exit status: 0 success; 1 the job failed or was cancelled; 2 usage or request error.
 )";
 
@@ -155,6 +164,8 @@ int WatchJob(quantd::client::QuantClient& client, const std::string& job_id) {
   return PrintWatchOutcome(job);
 }
 
+int ParseCount(const Args& args, const std::string& name, int fallback, int max);
+
 int Submit(quantd::client::QuantClient& client, const Args& args) {
   auto model = args.Require("model");
   auto config_text = ReadText(args.Require("config"), "--config");
@@ -189,6 +200,8 @@ int Submit(quantd::client::QuantClient& client, const Args& args) {
     }
   }
   request.set_device(ParseDevice(args.Get("device").value_or("any")));
+  request.mutable_limits()->set_memory_bytes(int64_t{ParseCount(args, "memory-limit-mb", 0, 1 << 24)} << 20);
+  request.mutable_limits()->set_time_seconds(ParseCount(args, "time-limit-seconds", 0, 7 * 86400));
   for (const auto& label : args.All("label")) {
     auto eq = label.find('=');
     if (eq == std::string::npos || eq == 0) Die("--label takes KEY=VALUE, got '" + label + "'");
@@ -377,6 +390,8 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);  // on failure, carry on as we are
   }
   std::string server = std::getenv("QUANTD_SERVER") ? std::getenv("QUANTD_SERVER") : "127.0.0.1:50051";
+  quantd::ChannelOptions channel_options;
+  std::string token_file;
   int i = 1;
   while (i < argc && std::string(argv[i]).rfind("--", 0) == 0) {
     std::string flag = argv[i];
@@ -384,15 +399,42 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     }
-    if (flag == "--server" && i + 1 < argc) {
-      server = argv[i + 1];
-      i += 2;
-    } else if (flag.rfind("--server=", 0) == 0) {
-      server = flag.substr(9);
+    if (flag == "--tls") {
+      channel_options.use_tls = true;
       ++i;
+      continue;
+    }
+    std::string value;
+    if (auto eq = flag.find('='); eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      ++i;
+    } else {
+      if (i + 1 >= argc) Die(flag + " needs a value");
+      value = argv[i + 1];
+      i += 2;
+    }
+    if (flag == "--server") {
+      server = value;
+    } else if (flag == "--token-file") {
+      token_file = value;
+    } else if (flag == "--ca-cert") {
+      channel_options.ca_cert = value;
+    } else if (flag == "--client-cert") {
+      channel_options.client_cert = value;
+    } else if (flag == "--client-key") {
+      channel_options.client_key = value;
     } else {
       Die("unknown flag " + flag + " before the command (see --help)");
     }
+  }
+  channel_options.address = server;
+  if (!token_file.empty()) {
+    auto token = quantd::ReadTokenFile(token_file);
+    if (!token.ok()) DieStatus(token.status().WithContext("--token-file"));
+    channel_options.bearer_token = *token;
+  } else if (const char* token = std::getenv("QUANTD_TOKEN"); token != nullptr) {
+    channel_options.bearer_token = token;
   }
   if (i >= argc) Die("no command given (see --help)");
   std::string command = argv[i++];
@@ -405,11 +447,14 @@ int main(int argc, char** argv) {
   }
   if (command == "run") return RunModel(ParseArgs(argc, argv, i, {"model", "input", "out", "threads"}, {}));
   if (command == "bench") return BenchModel(ParseArgs(argc, argv, i, {"model", "batch", "iters", "threads"}, {}));
-  quantd::client::QuantClient client(server);
+  auto channel = quantd::OpenChannel(channel_options);
+  if (!channel.ok()) DieStatus(channel.status());
+  quantd::client::QuantClient client(*channel);
   if (command == "submit") {
-    return Submit(
-        client, ParseArgs(argc, argv, i,
-                          {"model", "config", "calib", "priority", "device", "label", "request-id", "out"}, {"wait"}));
+    return Submit(client, ParseArgs(argc, argv, i,
+                                    {"model", "config", "calib", "priority", "device", "label", "request-id", "out",
+                                     "memory-limit-mb", "time-limit-seconds"},
+                                    {"wait"}));
   }
   if (command == "list") return List(client, ParseArgs(argc, argv, i, {"state", "limit"}, {}));
   auto args = ParseArgs(argc, argv, i, {"out"}, {});

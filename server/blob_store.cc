@@ -35,12 +35,18 @@ std::filesystem::path BlobStore::PathOf(const std::string& sha256) const {
   return root_ / "sha256" / sha256.substr(0, 2) / sha256;
 }
 
-std::filesystem::path BlobStore::PartPath(const std::string& sha256) const {
-  return root_ / "uploads" / (sha256 + ".part");
+// Tenant names are plain file names (letters, digits, '-', '_', '.', never
+// leading '.'), checked when the configuration is read.
+std::filesystem::path BlobStore::PartPath(const std::string& sha256, const std::string& owner) const {
+  return root_ / "uploads" / ((owner.empty() ? "" : owner + "~") + sha256 + ".part");
 }
 
-std::filesystem::path BlobStore::MetaPath(const std::string& sha256) const {
-  return root_ / "uploads" / (sha256 + ".size");
+std::filesystem::path BlobStore::MetaPath(const std::string& sha256, const std::string& owner) const {
+  return root_ / "uploads" / ((owner.empty() ? "" : owner + "~") + sha256 + ".size");
+}
+
+std::filesystem::path BlobStore::OwnerMarker(const std::string& sha256, const std::string& owner) const {
+  return root_ / "owners" / sha256 / owner;
 }
 
 bool BlobStore::Exists(const std::string& sha256) const {
@@ -48,32 +54,38 @@ bool BlobStore::Exists(const std::string& sha256) const {
   return IsSha256Hex(sha256) && std::filesystem::is_regular_file(PathOf(sha256), ec);
 }
 
-BlobProgress BlobStore::Progress(const std::string& sha256) {
+bool BlobStore::VisibleTo(const std::string& sha256, const std::string& owner) const {
+  if (!Exists(sha256)) return false;
+  std::error_code ec;
+  return owner.empty() || std::filesystem::exists(OwnerMarker(sha256, owner), ec);
+}
+
+BlobProgress BlobStore::Progress(const std::string& sha256, const std::string& owner) {
   BlobProgress progress;
   if (!IsSha256Hex(sha256)) return progress;
   std::error_code ec;
   auto final_path = PathOf(sha256);
-  if (std::filesystem::is_regular_file(final_path, ec)) {
+  if (VisibleTo(sha256, owner)) {
     progress.complete = true;
     progress.committed_bytes = static_cast<int64_t>(std::filesystem::file_size(final_path, ec));
     return progress;
   }
-  auto part = PartPath(sha256);
+  auto part = PartPath(sha256, owner);
   if (std::filesystem::is_regular_file(part, ec)) {
     progress.committed_bytes = static_cast<int64_t>(std::filesystem::file_size(part, ec));
   }
   return progress;
 }
 
-Status BlobStore::Begin(const std::string& sha256, int64_t size_bytes) {
+Status BlobStore::Begin(const std::string& sha256, int64_t size_bytes, const std::string& owner) {
   if (!IsSha256Hex(sha256)) return BadDigest(sha256);
   if (size_bytes < 0 || size_bytes > max_blob_bytes_) {
     return ResourceExhausted("BLOB_TOO_LARGE", "blob of " + std::to_string(size_bytes) +
                                                    " bytes exceeds the server limit of " +
                                                    std::to_string(max_blob_bytes_) + " bytes");
   }
-  if (Exists(sha256)) return Status::Ok();
-  auto meta = MetaPath(sha256);
+  if (VisibleTo(sha256, owner)) return Status::Ok();
+  auto meta = MetaPath(sha256, owner);
   auto existing = ReadFile(meta, 64);
   if (existing.ok()) {
     if (*existing != std::to_string(size_bytes)) {
@@ -86,15 +98,16 @@ Status BlobStore::Begin(const std::string& sha256, int64_t size_bytes) {
   return WriteFileAtomic(meta, std::to_string(size_bytes));
 }
 
-Status BlobStore::Append(const std::string& sha256, int64_t offset, std::string_view data) {
+Status BlobStore::Append(const std::string& sha256, int64_t offset, std::string_view data, const std::string& owner) {
   if (!IsSha256Hex(sha256)) return BadDigest(sha256);
   std::lock_guard lock(mutex_);
-  auto declared = ReadFile(MetaPath(sha256), 64);
+  auto declared = ReadFile(MetaPath(sha256, owner), 64);
   if (!declared.ok()) return FailedPrecondition("BLOB_NOT_STARTED", "upload of " + sha256 + " was not started");
   int64_t size = std::stoll(*declared);
-  auto part = PartPath(sha256);
+  auto part = PartPath(sha256, owner);
   std::error_code ec;
-  int64_t committed = std::filesystem::exists(part, ec) ? static_cast<int64_t>(std::filesystem::file_size(part, ec)) : 0;
+  int64_t committed =
+      std::filesystem::exists(part, ec) ? static_cast<int64_t>(std::filesystem::file_size(part, ec)) : 0;
   if (offset != committed) {
     return FailedPrecondition("BLOB_OFFSET_MISMATCH", "chunk offset " + std::to_string(offset) +
                                                           " but the server has committed " + std::to_string(committed) +
@@ -124,18 +137,19 @@ Status BlobStore::Append(const std::string& sha256, int64_t offset, std::string_
   return Status::Ok();
 }
 
-Status BlobStore::Finish(const std::string& sha256) {
+Status BlobStore::Finish(const std::string& sha256, const std::string& owner) {
   if (!IsSha256Hex(sha256)) return BadDigest(sha256);
   std::lock_guard lock(mutex_);
-  if (Exists(sha256)) return Status::Ok();
-  auto declared = ReadFile(MetaPath(sha256), 64);
+  if (VisibleTo(sha256, owner)) return Status::Ok();
+  auto declared = ReadFile(MetaPath(sha256, owner), 64);
   if (!declared.ok()) return FailedPrecondition("BLOB_NOT_STARTED", "upload of " + sha256 + " was not started");
-  auto part = PartPath(sha256);
+  auto part = PartPath(sha256, owner);
   std::error_code ec;
-  int64_t committed = std::filesystem::exists(part, ec) ? static_cast<int64_t>(std::filesystem::file_size(part, ec)) : 0;
+  int64_t committed =
+      std::filesystem::exists(part, ec) ? static_cast<int64_t>(std::filesystem::file_size(part, ec)) : 0;
   if (committed != std::stoll(*declared)) {
-    return FailedPrecondition("BLOB_INCOMPLETE", "upload of " + sha256 + " has " + std::to_string(committed) + " of " +
-                                                     *declared + " bytes");
+    return FailedPrecondition(
+        "BLOB_INCOMPLETE", "upload of " + sha256 + " has " + std::to_string(committed) + " of " + *declared + " bytes");
   }
   if (committed == 0) {
     std::ofstream touch(part, std::ios::binary);
@@ -143,19 +157,31 @@ Status BlobStore::Finish(const std::string& sha256) {
   QUANTD_ASSIGN_OR_RETURN(auto actual, Sha256OfFile(part));
   if (actual != sha256) {
     std::filesystem::remove(part, ec);
-    std::filesystem::remove(MetaPath(sha256), ec);
+    std::filesystem::remove(MetaPath(sha256, owner), ec);
     return DataLoss("BLOB_DIGEST_MISMATCH", "uploaded bytes hash to " + actual + ", not " + sha256 +
                                                 "; the partial upload was discarded, upload again");
   }
+  if (!owner.empty()) {
+    // The marker goes first: a blob must never be visible to a tenant whose
+    // ownership a crash could lose.
+    auto marker = OwnerMarker(sha256, owner);
+    std::filesystem::create_directories(marker.parent_path(), ec);
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(marker, ""));
+  }
   auto target = PathOf(sha256);
-  std::filesystem::create_directories(target.parent_path(), ec);
-  QUANTD_RETURN_IF_ERROR(CommitFileAtomic(part, target));
-  std::filesystem::remove(MetaPath(sha256), ec);
+  if (Exists(sha256)) {
+    // Another tenant stored these bytes already; this upload only proved
+    // that its tenant has them too.
+    std::filesystem::remove(part, ec);
+  } else {
+    std::filesystem::create_directories(target.parent_path(), ec);
+    QUANTD_RETURN_IF_ERROR(CommitFileAtomic(part, target));
+  }
+  std::filesystem::remove(MetaPath(sha256, owner), ec);
   return Status::Ok();
 }
 
-BlobWriter::BlobWriter(std::filesystem::path temp, std::filesystem::path target, std::string sha256,
-                       int64_t size_bytes)
+BlobWriter::BlobWriter(std::filesystem::path temp, std::filesystem::path target, std::string sha256, int64_t size_bytes)
     : temp_(std::move(temp)), target_(std::move(target)), sha256_(std::move(sha256)), size_bytes_(size_bytes) {
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 }

@@ -40,7 +40,17 @@ bool IsTerminal(v1::JobState state) {
   return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED || state == v1::JOB_STATE_CANCELLED;
 }
 
-Status JobNotFound(const std::string& job_id) { return NotFound("JOB_NOT_FOUND", "no job " + job_id); }
+std::string TenantOf(const v1::Job& job) {
+  return job.tenant().empty() ? kDefaultTenant : job.tenant();
+}
+
+bool IsWorkerEvent(const v1::JobEvent& event) {
+  return !event.has_state() && !event.has_artifact();
+}
+
+Status JobNotFound(const std::string& job_id) {
+  return NotFound("JOB_NOT_FOUND", "no job " + job_id);
+}
 
 Status LeaseLost(const std::string& job_id) {
   return FailedPrecondition("LEASE_LOST", "job " + job_id + " is not leased to this worker any more");
@@ -53,6 +63,9 @@ v1::JobEvent StartAttempt(v1::Job& job, const std::string& worker_id) {
   job.set_started_unix_ms(UnixMillisNow());
   job.set_stage("");
   job.set_progress(0);
+  // Whatever an earlier attempt uploaded before it died belongs to that
+  // attempt; this one starts with nothing.
+  job.clear_artifacts();
   return StateEvent(v1::JOB_STATE_RUNNING, "", "attempt " + std::to_string(job.attempts()) + " on " + worker_id);
 }
 
@@ -74,6 +87,9 @@ v1::JobEvent FailAttempt(v1::Job& job, const std::string& reason, const std::str
     next = v1::JOB_STATE_FAILED;
   }
   job.set_state(next);
+  // Only a completed attempt has a result; whatever a failed one uploaded is
+  // not one.
+  job.clear_artifacts();
   if (next == v1::JOB_STATE_QUEUED) {
     job.set_worker("");
   } else {
@@ -115,6 +131,8 @@ ExpiredLease ExpireLease(v1::Job& job, int max_attempts, v1::JobEvent& event) {
                             : "the worker " + job.worker() + " stopped responding; lease expired";
   job.set_state(lease.new_state);
   job.set_worker("");
+  // Artifacts uploaded under the lost lease are not a result of this job.
+  job.clear_artifacts();
   if (lease.new_state != v1::JOB_STATE_QUEUED) {
     job.set_finished_unix_ms(UnixMillisNow());
     job.set_failure_reason(lease.reason);
@@ -155,7 +173,9 @@ StatusOr<std::optional<PageCursor>> ParsePageToken(const std::string& token) {
   return std::optional<PageCursor>(std::move(cursor));
 }
 
-std::string PageTokenAfter(const v1::Job& last) { return std::to_string(last.created_unix_ms()) + ":" + last.id(); }
+std::string PageTokenAfter(const v1::Job& last) {
+  return std::to_string(last.created_unix_ms()) + ":" + last.id();
+}
 
 int ClampPageSize(int page_size) {
   if (page_size <= 0) return 50;

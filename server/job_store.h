@@ -14,6 +14,10 @@ namespace quantd::server {
 
 struct ServerConfig;
 
+// Owner of jobs created without authentication, and of rows stored before
+// jobs had owners.
+inline constexpr const char* kDefaultTenant = "default";
+
 struct LeasedJob {
   v1::Job job;
   std::string lease_id;
@@ -41,17 +45,18 @@ class JobStore {
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;
 
-  // Inserts a QUEUED job, or returns the existing one with the same
-  // non-empty request_id (deduplicated = true).
+  // Inserts a QUEUED job owned by job.tenant() (kDefaultTenant when empty),
+  // or returns that tenant's existing job with the same non-empty
+  // request_id (deduplicated = true). Tenants never see each other's ids.
   virtual StatusOr<std::pair<v1::Job, bool>> CreateJob(v1::Job job) = 0;
   virtual StatusOr<v1::Job> GetJob(const std::string& job_id) = 0;
-  virtual StatusOr<JobPage> ListJobs(const std::vector<v1::JobState>& states, int page_size,
+  // Jobs of `tenant`, or of every tenant when it is empty.
+  virtual StatusOr<JobPage> ListJobs(const std::string& tenant, const std::vector<v1::JobState>& states, int page_size,
                                      const std::string& page_token) = 0;
 
   // Assigns the next dense sequence number and stores the event.
   virtual StatusOr<v1::JobEvent> AppendEvent(const std::string& job_id, v1::JobEvent event) = 0;
-  virtual StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& job_id, int64_t after_seq,
-                                                          int limit) = 0;
+  virtual StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& job_id, int64_t after_seq, int limit) = 0;
 
   // Queue order: priority (high first), then age (old first). A worker of
   // class CPU or GPU takes jobs of its class or ANY.
@@ -60,10 +65,15 @@ class JobStore {
   // Extends the lease; fails with LEASE_LOST if the job is not leased by it.
   virtual StatusOr<v1::Job> RenewLease(const std::string& job_id, const std::string& lease_id,
                                        int64_t lease_ttl_ms) = 0;
+  // One worker heartbeat in one transaction: extends the lease, applies the
+  // progress events to the stored Job and appends the progress and log
+  // events (state and artifact events are the server's own and are
+  // dropped). Fails with LEASE_LOST, storing nothing, if the lease is gone.
+  virtual StatusOr<v1::Job> Heartbeat(const std::string& job_id, const std::string& lease_id, int64_t lease_ttl_ms,
+                                      const std::vector<v1::JobEvent>& events) = 0;
   // Applies progress/stage from events to the stored Job.
   virtual Status UpdateProgress(const std::string& job_id, const std::string& stage, double fraction) = 0;
-  virtual Status AddArtifact(const std::string& job_id, const std::string& lease_id,
-                             const v1::Artifact& artifact) = 0;
+  virtual Status AddArtifact(const std::string& job_id, const std::string& lease_id, const v1::Artifact& artifact) = 0;
   virtual StatusOr<v1::Job> Complete(const std::string& job_id, const std::string& lease_id) = 0;
   // A failure of a cancel-requested job ends CANCELLED; a retryable one goes
   // back to the queue while attempts remain.
@@ -92,6 +102,10 @@ namespace job_rules {
 
 v1::JobEvent StateEvent(v1::JobState state, const std::string& reason, const std::string& message);
 bool IsTerminal(v1::JobState state);
+// The owner of a stored job; rows from before tenants belong to kDefaultTenant.
+std::string TenantOf(const v1::Job& job);
+// Whether a worker may add this heartbeat event to the job's log.
+bool IsWorkerEvent(const v1::JobEvent& event);
 Status JobNotFound(const std::string& job_id);
 Status LeaseLost(const std::string& job_id);
 

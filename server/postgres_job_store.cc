@@ -42,7 +42,14 @@ CREATE TABLE IF NOT EXISTS quantd_jobs(
   lease_expires_ms BIGINT NOT NULL DEFAULT 0,
   last_seq BIGINT NOT NULL DEFAULT 0,
   proto BYTEA NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS quantd_jobs_request ON quantd_jobs(request_id) WHERE request_id <> '';
+-- Rows from before tenants existed were created without authentication.
+ALTER TABLE quantd_jobs ADD COLUMN IF NOT EXISTS tenant TEXT COLLATE "C" NOT NULL DEFAULT 'default';
+-- Idempotency keys are per tenant: one tenant's key must neither collide
+-- with nor reveal another's job.
+DROP INDEX IF EXISTS quantd_jobs_request;
+CREATE UNIQUE INDEX IF NOT EXISTS quantd_jobs_tenant_request ON quantd_jobs(tenant, request_id)
+  WHERE request_id <> '';
+CREATE INDEX IF NOT EXISTS quantd_jobs_tenant_created ON quantd_jobs(tenant, created_ms DESC, id DESC);
 CREATE INDEX IF NOT EXISTS quantd_jobs_queue ON quantd_jobs(priority DESC, created_ms, id) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS quantd_jobs_leases ON quantd_jobs(lease_expires_ms) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS quantd_jobs_created ON quantd_jobs(created_ms DESC, id DESC);
@@ -58,12 +65,14 @@ constexpr const char* kGetJob = "SELECT proto FROM quantd_jobs WHERE id = $1";
 constexpr const char* kLockJob = "SELECT proto, lease_id FROM quantd_jobs WHERE id = $1 FOR UPDATE";
 constexpr const char* kJobExists = "SELECT 1 FROM quantd_jobs WHERE id = $1";
 constexpr const char* kInsertJob =
-    "INSERT INTO quantd_jobs(id, request_id, state, device, priority, created_ms, proto)"
-    " VALUES($1, $2, $3::int, $4::int, $5::int, $6::bigint, $7) ON CONFLICT DO NOTHING RETURNING 1";
-constexpr const char* kFindRequest = "SELECT proto FROM quantd_jobs WHERE request_id = $1 AND request_id <> ''";
+    "INSERT INTO quantd_jobs(id, request_id, state, device, priority, created_ms, proto, tenant)"
+    " VALUES($1, $2, $3::int, $4::int, $5::int, $6::bigint, $7, $8) ON CONFLICT DO NOTHING RETURNING 1";
+constexpr const char* kFindRequest =
+    "SELECT proto FROM quantd_jobs WHERE request_id = $1 AND request_id <> '' AND tenant = $2";
 constexpr const char* kSaveJob =
     "UPDATE quantd_jobs SET state = $2::int, lease_id = $3,"
-    " lease_expires_ms = CASE WHEN $4::bigint > 0 THEN " QUANTD_PG_NOW_MS " + $4::bigint ELSE 0 END,"
+    " lease_expires_ms = CASE WHEN $4::bigint > 0 THEN " QUANTD_PG_NOW_MS
+    " + $4::bigint ELSE 0 END,"
     " proto = $5 WHERE id = $1";
 constexpr const char* kSaveProto = "UPDATE quantd_jobs SET proto = $2 WHERE id = $1";
 // The event's bytes are stored without their number; readers put the
@@ -76,9 +85,9 @@ constexpr const char* kEventsAfter =
 constexpr const char* kPickNext =
     "SELECT proto FROM quantd_jobs WHERE state = 1 AND device IN ($1::int, $2::int, $3::int)"
     " ORDER BY priority DESC, created_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED";
-constexpr const char* kRenewLease =
-    "UPDATE quantd_jobs SET lease_expires_ms = " QUANTD_PG_NOW_MS " + $3::bigint"
-    " WHERE id = $1 AND lease_id = $2 AND state = 2 RETURNING proto";
+constexpr const char* kRenewLease = "UPDATE quantd_jobs SET lease_expires_ms = " QUANTD_PG_NOW_MS
+                                    " + $3::bigint"
+                                    " WHERE id = $1 AND lease_id = $2 AND state = 2 RETURNING proto";
 constexpr const char* kExpired =
     "SELECT proto FROM quantd_jobs WHERE state = 2 AND lease_expires_ms < " QUANTD_PG_NOW_MS
     " ORDER BY lease_expires_ms LIMIT $1::bigint FOR UPDATE SKIP LOCKED";
@@ -86,6 +95,7 @@ constexpr const char* kListJobs =
     "SELECT proto FROM quantd_jobs"
     " WHERE ($1::bigint = 0 OR (($1::bigint >> state) & 1) = 1)"
     "   AND ($2::bigint IS NULL OR (created_ms, id) < ($2::bigint, $3::text))"
+    "   AND ($5::text = '' OR tenant = $5::text)"
     " ORDER BY created_ms DESC, id DESC LIMIT $4::bigint";
 constexpr const char* kCountByState = "SELECT state, COUNT(*) FROM quantd_jobs GROUP BY state";
 constexpr const char* kQueueDepth = "SELECT device, COUNT(*) FROM quantd_jobs WHERE state = 1 GROUP BY device";
@@ -220,8 +230,8 @@ class PostgresJobStore::Connection {
     if (broken()) {
       return Status(StatusCode::kUnavailable, "STORE_UNAVAILABLE", "PostgreSQL connection lost: " + message);
     }
-    return Internal("STORE_ERROR", "PostgreSQL " + (sqlstate.empty() ? "" : sqlstate + " ") + "in '" + what +
-                                       "': " + message);
+    return Internal("STORE_ERROR",
+                    "PostgreSQL " + (sqlstate.empty() ? "" : sqlstate + " ") + "in '" + what + "': " + message);
   }
 
   PGconn* conn_;
@@ -243,12 +253,8 @@ StatusOr<std::optional<std::pair<v1::Job, std::string>>> LockJob(Connection& db,
 // 0 clears it.
 Status SaveJob(Connection& db, const v1::Job& job, const std::string& lease_id, int64_t lease_ttl_ms) {
   return db
-      .Exec(kSaveJob, Params()
-                          .Text(job.id())
-                          .Int(job.state())
-                          .Text(lease_id)
-                          .Int(lease_ttl_ms)
-                          .Bytes(job.SerializeAsString()))
+      .Exec(kSaveJob,
+            Params().Text(job.id()).Int(job.state()).Text(lease_id).Int(lease_ttl_ms).Bytes(job.SerializeAsString()))
       .status();
 }
 
@@ -286,8 +292,7 @@ StatusOr<std::unique_ptr<PostgresJobStore>> PostgresJobStore::Open(const std::st
 StatusOr<std::unique_ptr<PostgresJobStore::Connection>> PostgresJobStore::Acquire() {
   {
     std::unique_lock lock(mutex_);
-    bool ready = released_.wait_for(lock, kAcquireTimeout,
-                                    [&] { return !idle_.empty() || open_ < max_connections_; });
+    bool ready = released_.wait_for(lock, kAcquireTimeout, [&] { return !idle_.empty() || open_ < max_connections_; });
     if (!ready) {
       return Status(StatusCode::kUnavailable, "STORE_BUSY",
                     "all " + std::to_string(max_connections_) + " PostgreSQL connections stayed busy");
@@ -353,6 +358,7 @@ Status PostgresJobStore::Run(bool transaction, const std::function<Status(Connec
 
 StatusOr<std::pair<v1::Job, bool>> PostgresJobStore::CreateJob(v1::Job job) {
   job.set_state(v1::JOB_STATE_QUEUED);
+  if (job.tenant().empty()) job.set_tenant(kDefaultTenant);
   if (job.created_unix_ms() == 0) job.set_created_unix_ms(UnixMillisNow());
   std::pair<v1::Job, bool> outcome;
   auto status = Run(true, [&](Connection& db) -> Status {
@@ -363,11 +369,12 @@ StatusOr<std::pair<v1::Job, bool>> PostgresJobStore::CreateJob(v1::Job job) {
                                                                    .Int(job.device())
                                                                    .Int(job.priority())
                                                                    .Int(job.created_unix_ms())
-                                                                   .Bytes(job.SerializeAsString())));
+                                                                   .Bytes(job.SerializeAsString())
+                                                                   .Text(job.tenant())));
     if (inserted.rows() == 0) {
       // ON CONFLICT waited for any concurrent insert of the same request
       // to commit, and this statement's fresh snapshot sees it.
-      QUANTD_ASSIGN_OR_RETURN(auto existing, db.Exec(kFindRequest, Params().Text(job.request_id())));
+      QUANTD_ASSIGN_OR_RETURN(auto existing, db.Exec(kFindRequest, Params().Text(job.request_id()).Text(job.tenant())));
       if (existing.rows() == 0) return Internal("STORE_ERROR", "job id " + job.id() + " is already taken");
       QUANTD_ASSIGN_OR_RETURN(auto found, ParseJob(existing, 0, 0));
       outcome = {std::move(found), true};
@@ -393,8 +400,8 @@ StatusOr<v1::Job> PostgresJobStore::GetJob(const std::string& job_id) {
   return job;
 }
 
-StatusOr<JobPage> PostgresJobStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                             const std::string& page_token) {
+StatusOr<JobPage> PostgresJobStore::ListJobs(const std::string& tenant, const std::vector<v1::JobState>& states,
+                                             int page_size, const std::string& page_token) {
   page_size = ClampPageSize(page_size);
   QUANTD_ASSIGN_OR_RETURN(auto cursor, ParsePageToken(page_token));
   Params params;
@@ -404,7 +411,7 @@ StatusOr<JobPage> PostgresJobStore::ListJobs(const std::vector<v1::JobState>& st
   } else {
     params.Null().Null();
   }
-  params.Int(static_cast<int64_t>(page_size) + 1);
+  params.Int(static_cast<int64_t>(page_size) + 1).Text(tenant);
   JobPage page;
   auto status = Run(false, [&](Connection& db) -> Status {
     page = JobPage();
@@ -459,10 +466,9 @@ StatusOr<std::optional<LeasedJob>> PostgresJobStore::LeaseNext(v1::DeviceClass w
   std::optional<LeasedJob> leased;
   auto status = Run(true, [&](Connection& db) -> Status {
     leased.reset();
-    QUANTD_ASSIGN_OR_RETURN(auto picked, db.Exec(kPickNext, Params()
-                                                                .Int(worker_device)
-                                                                .Int(v1::DEVICE_CLASS_ANY)
-                                                                .Int(v1::DEVICE_CLASS_UNSPECIFIED)));
+    QUANTD_ASSIGN_OR_RETURN(
+        auto picked,
+        db.Exec(kPickNext, Params().Int(worker_device).Int(v1::DEVICE_CLASS_ANY).Int(v1::DEVICE_CLASS_UNSPECIFIED)));
     if (picked.rows() == 0) return Status::Ok();
     QUANTD_ASSIGN_OR_RETURN(auto job, ParseJob(picked, 0, 0));
     auto event = StartAttempt(job, worker_id);
@@ -490,6 +496,27 @@ StatusOr<v1::Job> PostgresJobStore::RenewLease(const std::string& job_id, const 
   });
   if (!status.ok()) return status;
   return job;
+}
+
+StatusOr<v1::Job> PostgresJobStore::Heartbeat(const std::string& job_id, const std::string& lease_id,
+                                              int64_t lease_ttl_ms, const std::vector<v1::JobEvent>& events) {
+  v1::Job renewed;
+  auto status = Run(true, [&](Connection& db) -> Status {
+    QUANTD_ASSIGN_OR_RETURN(auto locked, LockJob(db, job_id));
+    if (!locked) return JobNotFound(job_id);
+    auto& [job, current] = *locked;
+    if (current != lease_id || job.state() != v1::JOB_STATE_RUNNING) return LeaseLost(job_id);
+    for (const auto& event : events) {
+      if (!IsWorkerEvent(event)) continue;
+      if (event.has_progress()) ApplyProgress(job, event.progress().stage(), event.progress().fraction());
+      QUANTD_RETURN_IF_ERROR(Append(db, job_id, event).status());
+    }
+    QUANTD_RETURN_IF_ERROR(SaveJob(db, job, lease_id, lease_ttl_ms < 1 ? 1 : lease_ttl_ms));
+    renewed = std::move(job);
+    return Status::Ok();
+  });
+  if (!status.ok()) return status;
+  return renewed;
 }
 
 Status PostgresJobStore::UpdateProgress(const std::string& job_id, const std::string& stage, double fraction) {

@@ -1,8 +1,8 @@
 #include "server/services.h"
 
-#include <fstream>
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 #include <limits>
 
 #include "common/config/quant_config.h"
@@ -21,7 +21,9 @@ bool IsTerminal(v1::JobState state) {
   return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED || state == v1::JOB_STATE_CANCELLED;
 }
 
-grpc::Status Fail(const Status& status) { return ToGrpcStatus(status); }
+grpc::Status Fail(const Status& status) {
+  return ToGrpcStatus(status);
+}
 
 bool IsSafeArtifactName(const std::string& name) {
   if (name.empty() || name.size() > 128 || name.find("..") != std::string::npos) return false;
@@ -50,14 +52,37 @@ Status ValidateServerPath(const ServerConfig& config, const std::string& path) {
   return Status::Ok();
 }
 
+// Another tenant's job answers exactly like a missing one, so a job id
+// never reveals that the job exists.
+StatusOr<v1::Job> LoadOwnJob(JobStore& store, const std::string& tenant, const std::string& job_id) {
+  QUANTD_ASSIGN_OR_RETURN(auto job, store.GetJob(job_id));
+  if (!tenant.empty() && job_rules::TenantOf(job) != tenant) return job_rules::JobNotFound(job_id);
+  return job;
+}
+
+// A job's limit: what it asked for (0: the server's default), never above
+// the server's maximum (0: none).
+template <typename T>
+T EffectiveLimit(T requested, T default_value, T max_value) {
+  T value = requested > 0 ? requested : default_value;
+  if (max_value > 0 && (value <= 0 || value > max_value)) value = max_value;
+  return value;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
 // QuantService
 
+#define QUANTD_CALLER_TENANT(var)                     \
+  auto var##_or = ctx_.auth.TenantOf(*context);       \
+  if (!var##_or.ok()) return Fail(var##_or.status()); \
+  const std::string var = std::move(*var##_or)
+
 grpc::Status QuantServiceImpl::UploadBlob(grpc::ServerContext* context,
                                           grpc::ServerReader<v1::UploadBlobRequest>* reader,
                                           v1::UploadBlobResponse* response) {
+  QUANTD_CALLER_TENANT(tenant);
   v1::UploadBlobRequest message;
   if (!reader->Read(&message) || !message.has_header()) {
     return Fail(InvalidArgument("UPLOAD_MISSING_HEADER", "the first UploadBlob message must carry the blob header"));
@@ -69,8 +94,8 @@ grpc::Status QuantServiceImpl::UploadBlob(grpc::ServerContext* context,
                                                         " bytes exceeds max_upload_bytes " +
                                                         std::to_string(ctx_.config.max_upload_bytes)));
   }
-  if (auto status = ctx_.blobs.Begin(sha, header.size_bytes()); !status.ok()) return Fail(status);
-  bool already_complete = ctx_.blobs.Progress(sha).complete;
+  if (auto status = ctx_.blobs.Begin(sha, header.size_bytes(), tenant); !status.ok()) return Fail(status);
+  bool already_complete = ctx_.blobs.Progress(sha, tenant).complete;
   while (reader->Read(&message)) {
     if (!message.has_chunk()) {
       return Fail(InvalidArgument("UPLOAD_UNEXPECTED_HEADER", "only the first message may carry a header"));
@@ -80,13 +105,15 @@ grpc::Status QuantServiceImpl::UploadBlob(grpc::ServerContext* context,
       return Fail(InvalidArgument("CHUNK_TOO_LARGE", "chunks are limited to 1 MiB"));
     }
     if (already_complete) continue;
-    if (auto status = ctx_.blobs.Append(sha, chunk.offset(), chunk.data()); !status.ok()) return Fail(status);
+    if (auto status = ctx_.blobs.Append(sha, chunk.offset(), chunk.data(), tenant); !status.ok()) {
+      return Fail(status);
+    }
     ctx_.metrics.BytesUploaded(static_cast<int64_t>(chunk.data().size()));
   }
-  auto progress = ctx_.blobs.Progress(sha);
+  auto progress = ctx_.blobs.Progress(sha, tenant);
   if (!progress.complete && progress.committed_bytes == header.size_bytes()) {
-    if (auto status = ctx_.blobs.Finish(sha); !status.ok()) return Fail(status);
-    progress = ctx_.blobs.Progress(sha);
+    if (auto status = ctx_.blobs.Finish(sha, tenant); !status.ok()) return Fail(status);
+    progress = ctx_.blobs.Progress(sha, tenant);
   }
   response->mutable_blob()->set_sha256(sha);
   response->mutable_blob()->set_size_bytes(header.size_bytes());
@@ -97,10 +124,11 @@ grpc::Status QuantServiceImpl::UploadBlob(grpc::ServerContext* context,
 
 grpc::Status QuantServiceImpl::GetBlobStatus(grpc::ServerContext* context, const v1::GetBlobStatusRequest* request,
                                              v1::GetBlobStatusResponse* response) {
+  QUANTD_CALLER_TENANT(tenant);
   if (!IsSha256Hex(request->sha256())) {
     return Fail(InvalidArgument("BLOB_BAD_DIGEST", "sha256 must be 64 lowercase hex digits"));
   }
-  auto progress = ctx_.blobs.Progress(request->sha256());
+  auto progress = ctx_.blobs.Progress(request->sha256(), tenant);
   response->mutable_blob()->set_sha256(request->sha256());
   response->mutable_blob()->set_size_bytes(progress.complete ? progress.committed_bytes : 0);
   response->set_committed_bytes(progress.committed_bytes);
@@ -110,12 +138,15 @@ grpc::Status QuantServiceImpl::GetBlobStatus(grpc::ServerContext* context, const
 
 grpc::Status QuantServiceImpl::SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
                                          v1::SubmitJobResponse* response) {
+  QUANTD_CALLER_TENANT(tenant);
   if (request->request_id().size() > 128) {
     return Fail(InvalidArgument("REQUEST_ID_TOO_LONG", "request_id is limited to 128 characters"));
   }
-  if (!ctx_.blobs.Exists(request->model_sha256())) {
-    return Fail(FailedPrecondition("MODEL_BLOB_MISSING", "model blob '" + request->model_sha256().substr(0, 80) +
-                                                             "' has not been uploaded (or not completely)"));
+  // Another tenant's blob answers like a missing one: the caller must
+  // upload the bytes itself.
+  if (!ctx_.blobs.VisibleTo(request->model_sha256(), tenant)) {
+    return Fail(NotFound("MODEL_BLOB_MISSING", "model blob '" + request->model_sha256().substr(0, 80) +
+                                                   "' has not been uploaded (or not completely)"));
   }
   config::ValidationContext validation;
   validation.calibration_supplied_separately = request->calibration_size() > 0;
@@ -128,10 +159,9 @@ grpc::Status QuantServiceImpl::SubmitJob(grpc::ServerContext* context, const v1:
       return Fail(InvalidArgument("CALIBRATION_INPUT_NAME_MISSING", "every calibration entry needs an input_name"));
     }
     if (calibration.has_archive_sha256()) {
-      if (!ctx_.blobs.Exists(calibration.archive_sha256())) {
-        return Fail(FailedPrecondition("CALIBRATION_BLOB_MISSING",
-                                       "calibration archive for input '" + calibration.input_name() +
-                                           "' has not been uploaded"));
+      if (!ctx_.blobs.VisibleTo(calibration.archive_sha256(), tenant)) {
+        return Fail(NotFound("CALIBRATION_BLOB_MISSING",
+                             "calibration archive for input '" + calibration.input_name() + "' has not been uploaded"));
       }
     } else if (calibration.has_server_path()) {
       if (auto status = ValidateServerPath(ctx_.config, calibration.server_path()); !status.ok()) return Fail(status);
@@ -155,7 +185,15 @@ grpc::Status QuantServiceImpl::SubmitJob(grpc::ServerContext* context, const v1:
       return Fail(InvalidArgument("LABEL_TOO_LONG", "label keys are limited to 63 and values to 256 characters"));
     }
   }
+  if (request->limits().memory_bytes() < 0 || request->limits().time_seconds() < 0) {
+    return Fail(InvalidArgument("JOB_LIMIT_NEGATIVE", "job limits must be positive (0: the server's default)"));
+  }
+  job.mutable_limits()->set_memory_bytes(EffectiveLimit<int64_t>(
+      request->limits().memory_bytes(), ctx_.config.job_memory_limit_bytes, ctx_.config.max_job_memory_limit_bytes));
+  job.mutable_limits()->set_time_seconds(EffectiveLimit<int32_t>(
+      request->limits().time_seconds(), ctx_.config.job_time_limit_seconds, ctx_.config.max_job_time_limit_seconds));
   job.set_id(NewId("job-"));
+  job.set_tenant(tenant.empty() ? kDefaultTenant : tenant);
   job.set_request_id(request->request_id());
   job.set_model_sha256(request->model_sha256());
   job.set_model_name(request->model_name().substr(0, 256));
@@ -179,7 +217,8 @@ grpc::Status QuantServiceImpl::SubmitJob(grpc::ServerContext* context, const v1:
 
 grpc::Status QuantServiceImpl::GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
                                       v1::Job* response) {
-  auto job = ctx_.store.GetJob(request->job_id());
+  QUANTD_CALLER_TENANT(tenant);
+  auto job = LoadOwnJob(ctx_.store, tenant, request->job_id());
   if (!job.ok()) return Fail(job.status());
   *response = std::move(*job);
   return grpc::Status::OK;
@@ -187,9 +226,10 @@ grpc::Status QuantServiceImpl::GetJob(grpc::ServerContext* context, const v1::Ge
 
 grpc::Status QuantServiceImpl::ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
                                         v1::ListJobsResponse* response) {
+  QUANTD_CALLER_TENANT(tenant);
   std::vector<v1::JobState> typed;
   for (int state : request->states()) typed.push_back(static_cast<v1::JobState>(state));
-  auto page = ctx_.store.ListJobs(typed, request->page_size(), request->page_token());
+  auto page = ctx_.store.ListJobs(tenant, typed, request->page_size(), request->page_token());
   if (!page.ok()) return Fail(page.status());
   for (auto& job : page->jobs) *response->add_jobs() = std::move(job);
   response->set_next_page_token(page->next_page_token);
@@ -198,6 +238,9 @@ grpc::Status QuantServiceImpl::ListJobs(grpc::ServerContext* context, const v1::
 
 grpc::Status QuantServiceImpl::CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
                                          v1::Job* response) {
+  QUANTD_CALLER_TENANT(tenant);
+  // A job never changes owner, so checking first and cancelling next is safe.
+  if (auto owned = LoadOwnJob(ctx_.store, tenant, request->job_id()); !owned.ok()) return Fail(owned.status());
   auto job = ctx_.store.RequestCancel(request->job_id());
   if (!job.ok()) return Fail(job.status());
   if (job->state() == v1::JOB_STATE_CANCELLED) ctx_.metrics.JobFinished(*job);
@@ -208,7 +251,8 @@ grpc::Status QuantServiceImpl::CancelJob(grpc::ServerContext* context, const v1:
 
 grpc::Status QuantServiceImpl::WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
                                         grpc::ServerWriter<v1::JobEvent>* writer) {
-  auto initial = ctx_.store.GetJob(request->job_id());
+  QUANTD_CALLER_TENANT(tenant);
+  auto initial = LoadOwnJob(ctx_.store, tenant, request->job_id());
   if (!initial.ok()) return Fail(initial.status());
   int64_t after = request->after_seq();
   while (!context->IsCancelled()) {
@@ -244,7 +288,8 @@ grpc::Status QuantServiceImpl::WatchJob(grpc::ServerContext* context, const v1::
 grpc::Status QuantServiceImpl::DownloadArtifact(grpc::ServerContext* context,
                                                 const v1::DownloadArtifactRequest* request,
                                                 grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  auto job = ctx_.store.GetJob(request->job_id());
+  QUANTD_CALLER_TENANT(tenant);
+  auto job = LoadOwnJob(ctx_.store, tenant, request->job_id());
   if (!job.ok()) return Fail(job.status());
   const v1::Artifact* found = nullptr;
   for (const auto& artifact : job->artifacts()) {
@@ -280,16 +325,22 @@ grpc::Status QuantServiceImpl::DownloadArtifact(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+#undef QUANTD_CALLER_TENANT
+
 // ---------------------------------------------------------------------------
 // WorkerService
 
+#define QUANTD_REQUIRE_WORKER() \
+  if (auto auth = ctx_.auth.CheckWorker(*context); !auth.ok()) return Fail(auth)
+
 grpc::Status WorkerServiceImpl::LeaseJob(grpc::ServerContext* context, const v1::LeaseJobRequest* request,
                                          v1::LeaseJobResponse* response) {
+  QUANTD_REQUIRE_WORKER();
   if (request->device() != v1::DEVICE_CLASS_CPU && request->device() != v1::DEVICE_CLASS_GPU) {
     return Fail(InvalidArgument("WORKER_DEVICE_INVALID", "a worker leases as CPU or GPU"));
   }
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::milliseconds(std::clamp(request->wait_ms(), 0, kMaxLeaseWaitMs));
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(std::clamp(request->wait_ms(), 0, kMaxLeaseWaitMs));
   while (true) {
     uint64_t seen = ctx_.hub.version();
     if (!ctx_.draining.load()) {
@@ -314,21 +365,18 @@ grpc::Status WorkerServiceImpl::LeaseJob(grpc::ServerContext* context, const v1:
 
 grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                                           v1::HeartbeatResponse* response) {
-  auto job = ctx_.store.RenewLease(request->job_id(), request->lease_id(), ctx_.config.lease_ttl_ms);
+  QUANTD_REQUIRE_WORKER();
+  // Renewal, progress and events are one transaction: a worker that lost
+  // its lease cannot slip events into the job's log, and a failed store
+  // leaves nothing half-written.
+  std::vector<v1::JobEvent> events(request->events().begin(), request->events().end());
+  auto job = ctx_.store.Heartbeat(request->job_id(), request->lease_id(), ctx_.config.lease_ttl_ms, events);
   if (!job.ok()) {
     if (job.status().reason() == "LEASE_LOST") {
       response->set_lease_lost(true);
       return grpc::Status::OK;
     }
     return Fail(job.status());
-  }
-  for (const auto& event : request->events()) {
-    if (event.has_progress()) {
-      (void)ctx_.store.UpdateProgress(request->job_id(), event.progress().stage(), event.progress().fraction());
-    }
-    if (event.has_state() || event.has_artifact()) continue;  // only the server writes those
-    auto stored = ctx_.store.AppendEvent(request->job_id(), event);
-    if (!stored.ok()) return Fail(stored.status());
   }
   if (request->events_size() > 0) ctx_.hub.Notify();
   response->set_cancel_requested(job->cancel_requested());
@@ -338,6 +386,7 @@ grpc::Status WorkerServiceImpl::Heartbeat(grpc::ServerContext* context, const v1
 
 grpc::Status WorkerServiceImpl::FetchBlob(grpc::ServerContext* context, const v1::FetchBlobRequest* request,
                                           grpc::ServerWriter<v1::BlobChunk>* writer) {
+  QUANTD_REQUIRE_WORKER();
   auto job = ctx_.store.RenewLease(request->job_id(), request->lease_id(), ctx_.config.lease_ttl_ms);
   if (!job.ok()) return Fail(job.status());
   bool belongs = request->sha256() == job->model_sha256();
@@ -368,6 +417,7 @@ grpc::Status WorkerServiceImpl::FetchBlob(grpc::ServerContext* context, const v1
 grpc::Status WorkerServiceImpl::UploadArtifact(grpc::ServerContext* context,
                                                grpc::ServerReader<v1::UploadArtifactRequest>* reader,
                                                v1::UploadArtifactResponse* response) {
+  QUANTD_REQUIRE_WORKER();
   v1::UploadArtifactRequest message;
   if (!reader->Read(&message) || !message.has_header()) {
     return Fail(InvalidArgument("UPLOAD_MISSING_HEADER", "the first message must carry the artifact header"));
@@ -404,6 +454,7 @@ grpc::Status WorkerServiceImpl::UploadArtifact(grpc::ServerContext* context,
 
 grpc::Status WorkerServiceImpl::CompleteJob(grpc::ServerContext* context, const v1::CompleteJobRequest* request,
                                             v1::Empty* response) {
+  QUANTD_REQUIRE_WORKER();
   auto job = ctx_.store.Complete(request->job_id(), request->lease_id());
   if (!job.ok()) return Fail(job.status());
   ctx_.metrics.JobFinished(*job);
@@ -414,13 +465,14 @@ grpc::Status WorkerServiceImpl::CompleteJob(grpc::ServerContext* context, const 
 
 grpc::Status WorkerServiceImpl::FailJob(grpc::ServerContext* context, const v1::FailJobRequest* request,
                                         v1::Empty* response) {
+  QUANTD_REQUIRE_WORKER();
   // A worker that is being stopped (a drain, a rolling restart) hands its
   // job back. That says nothing about the job, so it must not spend the
   // job's last attempt and fail it with "goes back to the queue".
   bool handed_back = request->retryable() && request->reason() == "WORKER_SHUTDOWN";
-  auto job = ctx_.store.Fail(request->job_id(), request->lease_id(), request->reason(), request->message(),
-                             request->retryable(),
-                             handed_back ? std::numeric_limits<int>::max() : ctx_.config.max_attempts);
+  auto job =
+      ctx_.store.Fail(request->job_id(), request->lease_id(), request->reason(), request->message(),
+                      request->retryable(), handed_back ? std::numeric_limits<int>::max() : ctx_.config.max_attempts);
   if (!job.ok()) return Fail(job.status());
   if (IsTerminal(job->state())) ctx_.metrics.JobFinished(*job);
   ctx_.hub.Notify();
@@ -428,5 +480,7 @@ grpc::Status WorkerServiceImpl::FailJob(grpc::ServerContext* context, const v1::
           request->reason() + ": " + request->message());
   return grpc::Status::OK;
 }
+
+#undef QUANTD_REQUIRE_WORKER
 
 }  // namespace quantd::server

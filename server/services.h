@@ -3,6 +3,7 @@
 #include <atomic>
 
 #include "quantd/v1/quantd.grpc.pb.h"
+#include "server/auth.h"
 #include "server/blob_store.h"
 #include "server/event_hub.h"
 #include "server/job_store.h"
@@ -17,6 +18,7 @@ struct ServerContext {
   BlobStore& blobs;
   EventHub& hub;
   Metrics& metrics;
+  const Authenticator& auth;
   // Set during graceful shutdown: no new leases are handed out.
   std::atomic<bool> draining{false};
 };
@@ -35,8 +37,7 @@ class QuantServiceImpl final : public v1::QuantService::Service {
   grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request, v1::Job* response) override;
   grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
                         v1::ListJobsResponse* response) override;
-  grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request,
-                         v1::Job* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context, const v1::CancelJobRequest* request, v1::Job* response) override;
   grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
                         grpc::ServerWriter<v1::JobEvent>* writer) override;
   grpc::Status DownloadArtifact(grpc::ServerContext* context, const v1::DownloadArtifactRequest* request,

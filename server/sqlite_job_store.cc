@@ -73,8 +73,8 @@ class Transaction {
 
 StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::filesystem::path& file) {
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
+  if (sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr) !=
+      SQLITE_OK) {
     std::string message = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
     return Internal("STORE_OPEN_FAILED", "cannot open job store " + file.string() + ": " + message);
@@ -83,29 +83,55 @@ StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::filesy
   sqlite3_busy_timeout(db, 5000);
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   QUANTD_RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
-  QUANTD_RETURN_IF_ERROR(store->Exec(
-      "CREATE TABLE IF NOT EXISTS jobs("
-      " id TEXT PRIMARY KEY,"
-      " request_id TEXT NOT NULL DEFAULT '',"
-      " state INTEGER NOT NULL,"
-      " device INTEGER NOT NULL,"
-      " priority INTEGER NOT NULL,"
-      " created_ms INTEGER NOT NULL,"
-      " lease_id TEXT NOT NULL DEFAULT '',"
-      " lease_expires_ms INTEGER NOT NULL DEFAULT 0,"
-      " proto BLOB NOT NULL)"));
   QUANTD_RETURN_IF_ERROR(
-      store->Exec("CREATE UNIQUE INDEX IF NOT EXISTS jobs_request ON jobs(request_id) WHERE request_id <> ''"));
-  QUANTD_RETURN_IF_ERROR(store->Exec("CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, created_ms)"));
+      store->Exec("CREATE TABLE IF NOT EXISTS jobs("
+                  " id TEXT PRIMARY KEY,"
+                  " request_id TEXT NOT NULL DEFAULT '',"
+                  " state INTEGER NOT NULL,"
+                  " device INTEGER NOT NULL,"
+                  " priority INTEGER NOT NULL,"
+                  " created_ms INTEGER NOT NULL,"
+                  " lease_id TEXT NOT NULL DEFAULT '',"
+                  " lease_expires_ms INTEGER NOT NULL DEFAULT 0,"
+                  " proto BLOB NOT NULL)"));
+  QUANTD_RETURN_IF_ERROR(store->MigrateTenants());
+  QUANTD_RETURN_IF_ERROR(
+      store->Exec("CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, created_ms)"));
   QUANTD_RETURN_IF_ERROR(store->Exec("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_ms DESC, id DESC)"));
-  QUANTD_RETURN_IF_ERROR(store->Exec(
-      "CREATE TABLE IF NOT EXISTS events("
-      " job_id TEXT NOT NULL, seq INTEGER NOT NULL, proto BLOB NOT NULL,"
-      " PRIMARY KEY(job_id, seq)) WITHOUT ROWID"));
+  QUANTD_RETURN_IF_ERROR(
+      store->Exec("CREATE TABLE IF NOT EXISTS events("
+                  " job_id TEXT NOT NULL, seq INTEGER NOT NULL, proto BLOB NOT NULL,"
+                  " PRIMARY KEY(job_id, seq)) WITHOUT ROWID"));
   return store;
 }
 
-SqliteJobStore::~SqliteJobStore() { sqlite3_close(db_); }
+SqliteJobStore::~SqliteJobStore() {
+  sqlite3_close(db_);
+}
+
+Status SqliteJobStore::MigrateTenants() {
+  Transaction tx(db_);
+  if (!tx.began()) return SqlError(db_, "begin");
+  bool has_tenant = false;
+  {
+    Statement columns(db_, "SELECT name FROM pragma_table_info('jobs')");
+    int rc;
+    while ((rc = columns.Step()) == SQLITE_ROW) has_tenant = has_tenant || columns.Text(0) == "tenant";
+    if (rc != SQLITE_DONE) return SqlError(db_, "read jobs columns");
+  }
+  if (!has_tenant) {
+    // Rows from before tenants existed were created without authentication.
+    QUANTD_RETURN_IF_ERROR(Exec("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'"));
+  }
+  // Idempotency keys are per tenant: one tenant's key must neither collide
+  // with nor reveal another's job.
+  QUANTD_RETURN_IF_ERROR(Exec("DROP INDEX IF EXISTS jobs_request"));
+  QUANTD_RETURN_IF_ERROR(
+      Exec("CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request ON jobs(tenant, request_id) WHERE request_id <> ''"));
+  QUANTD_RETURN_IF_ERROR(
+      Exec("CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs(tenant, created_ms DESC, id DESC)"));
+  return tx.Commit();
+}
 
 Status SqliteJobStore::Exec(const char* sql) {
   char* error = nullptr;
@@ -140,10 +166,11 @@ StatusOr<std::pair<v1::Job, std::string>> SqliteJobStore::LoadWithLeaseLocked(co
 }
 
 Status SqliteJobStore::SaveLocked(const v1::Job& job, const std::string& lease_id, int64_t lease_expires_ms) {
-  Statement stmt(db_,
-                 "INSERT INTO jobs(id, request_id, state, device, priority, created_ms, lease_id, lease_expires_ms, proto)"
-                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                 " ON CONFLICT(id) DO UPDATE SET state = ?3, lease_id = ?7, lease_expires_ms = ?8, proto = ?9");
+  Statement stmt(
+      db_,
+      "INSERT INTO jobs(id, request_id, state, device, priority, created_ms, lease_id, lease_expires_ms, proto,"
+      " tenant) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+      " ON CONFLICT(id) DO UPDATE SET state = ?3, lease_id = ?7, lease_expires_ms = ?8, proto = ?9");
   stmt.Bind(1, job.id())
       .Bind(2, job.request_id())
       .Bind(3, static_cast<int64_t>(job.state()))
@@ -152,7 +179,8 @@ Status SqliteJobStore::SaveLocked(const v1::Job& job, const std::string& lease_i
       .Bind(6, job.created_unix_ms())
       .Bind(7, lease_id)
       .Bind(8, lease_expires_ms)
-      .BindBlob(9, job.SerializeAsString());
+      .BindBlob(9, job.SerializeAsString())
+      .Bind(10, TenantOf(job));
   if (stmt.Step() != SQLITE_DONE) return SqlError(db_, "save job");
   return Status::Ok();
 }
@@ -182,9 +210,10 @@ StatusOr<std::pair<v1::Job, bool>> SqliteJobStore::CreateJob(v1::Job job) {
   std::lock_guard lock(mutex_);
   Transaction tx(db_);
   if (!tx.began()) return SqlError(db_, "begin");
+  if (job.tenant().empty()) job.set_tenant(kDefaultTenant);
   if (!job.request_id().empty()) {
-    Statement find(db_, "SELECT proto FROM jobs WHERE request_id = ?");
-    find.Bind(1, job.request_id());
+    Statement find(db_, "SELECT proto FROM jobs WHERE request_id = ? AND tenant = ?");
+    find.Bind(1, job.request_id()).Bind(2, job.tenant());
     if (find.Step() == SQLITE_ROW) {
       v1::Job existing;
       if (!existing.ParseFromString(find.Blob(0))) return DataLoss("STORE_CORRUPT", "stored job is unreadable");
@@ -206,8 +235,8 @@ StatusOr<v1::Job> SqliteJobStore::GetJob(const std::string& job_id) {
   return std::move(*job);
 }
 
-StatusOr<JobPage> SqliteJobStore::ListJobs(const std::vector<v1::JobState>& states, int page_size,
-                                           const std::string& page_token) {
+StatusOr<JobPage> SqliteJobStore::ListJobs(const std::string& tenant, const std::vector<v1::JobState>& states,
+                                           int page_size, const std::string& page_token) {
   page_size = ClampPageSize(page_size);
   QUANTD_ASSIGN_OR_RETURN(auto cursor, ParsePageToken(page_token));
   std::lock_guard lock(mutex_);
@@ -215,12 +244,14 @@ StatusOr<JobPage> SqliteJobStore::ListJobs(const std::vector<v1::JobState>& stat
                  "SELECT proto FROM jobs"
                  " WHERE (?1 = 0 OR ((?1 >> state) & 1) = 1)"
                  "   AND (?2 = 0 OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))"
+                 "   AND (?6 = '' OR tenant = ?6)"
                  " ORDER BY created_ms DESC, id DESC LIMIT ?5");
   stmt.Bind(1, StateMask(states))
       .Bind(2, int64_t{cursor ? 1 : 0})
       .Bind(3, cursor ? cursor->created_ms : int64_t{0})
       .Bind(4, cursor ? cursor->id : std::string())
-      .Bind(5, static_cast<int64_t>(page_size) + 1);
+      .Bind(5, static_cast<int64_t>(page_size) + 1)
+      .Bind(6, tenant);
   JobPage page;
   int rc;
   while ((rc = stmt.Step()) == SQLITE_ROW) {
@@ -297,6 +328,28 @@ StatusOr<v1::Job> SqliteJobStore::RenewLease(const std::string& job_id, const st
   Statement stmt(db_, "UPDATE jobs SET lease_expires_ms = ? WHERE id = ?");
   stmt.Bind(1, UnixMillisNow() + lease_ttl_ms).Bind(2, job_id);
   if (stmt.Step() != SQLITE_DONE) return SqlError(db_, "renew lease");
+  QUANTD_RETURN_IF_ERROR(tx.Commit());
+  return std::move(job);
+}
+
+StatusOr<v1::Job> SqliteJobStore::Heartbeat(const std::string& job_id, const std::string& lease_id,
+                                            int64_t lease_ttl_ms, const std::vector<v1::JobEvent>& events) {
+  std::lock_guard lock(mutex_);
+  Transaction tx(db_);
+  if (!tx.began()) return SqlError(db_, "begin");
+  QUANTD_ASSIGN_OR_RETURN(auto loaded, LoadWithLeaseLocked(job_id));
+  auto& [job, current] = loaded;
+  if (current != lease_id || job.state() != v1::JOB_STATE_RUNNING) return LeaseLost(job_id);
+  bool progressed = false;
+  for (const auto& event : events) {
+    if (!IsWorkerEvent(event)) continue;
+    if (event.has_progress()) progressed = ApplyProgress(job, event.progress().stage(), event.progress().fraction());
+    QUANTD_RETURN_IF_ERROR(AppendEventLocked(job_id, event).status());
+  }
+  Statement stmt(db_, "UPDATE jobs SET lease_expires_ms = ? WHERE id = ?");
+  stmt.Bind(1, UnixMillisNow() + lease_ttl_ms).Bind(2, job_id);
+  if (stmt.Step() != SQLITE_DONE) return SqlError(db_, "renew lease");
+  if (progressed) QUANTD_RETURN_IF_ERROR(SaveProtoLocked(job));
   QUANTD_RETURN_IF_ERROR(tx.Commit());
   return std::move(job);
 }

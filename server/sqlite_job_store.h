@@ -19,13 +19,15 @@ class SqliteJobStore final : public JobStore {
 
   StatusOr<std::pair<v1::Job, bool>> CreateJob(v1::Job job) override;
   StatusOr<v1::Job> GetJob(const std::string& job_id) override;
-  StatusOr<JobPage> ListJobs(const std::vector<v1::JobState>& states, int page_size,
+  StatusOr<JobPage> ListJobs(const std::string& tenant, const std::vector<v1::JobState>& states, int page_size,
                              const std::string& page_token) override;
   StatusOr<v1::JobEvent> AppendEvent(const std::string& job_id, v1::JobEvent event) override;
   StatusOr<std::vector<v1::JobEvent>> EventsAfter(const std::string& job_id, int64_t after_seq, int limit) override;
   StatusOr<std::optional<LeasedJob>> LeaseNext(v1::DeviceClass worker_device, const std::string& worker_id,
                                                int64_t lease_ttl_ms) override;
   StatusOr<v1::Job> RenewLease(const std::string& job_id, const std::string& lease_id, int64_t lease_ttl_ms) override;
+  StatusOr<v1::Job> Heartbeat(const std::string& job_id, const std::string& lease_id, int64_t lease_ttl_ms,
+                              const std::vector<v1::JobEvent>& events) override;
   Status UpdateProgress(const std::string& job_id, const std::string& stage, double fraction) override;
   Status AddArtifact(const std::string& job_id, const std::string& lease_id, const v1::Artifact& artifact) override;
   StatusOr<v1::Job> Complete(const std::string& job_id, const std::string& lease_id) override;
@@ -39,6 +41,8 @@ class SqliteJobStore final : public JobStore {
  private:
   explicit SqliteJobStore(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
+  // Adds the tenant column to a store created before tenants existed.
+  Status MigrateTenants();
   StatusOr<std::optional<v1::Job>> LoadLocked(const std::string& job_id);
   // The job and its current lease id, or JOB_NOT_FOUND.
   StatusOr<std::pair<v1::Job, std::string>> LoadWithLeaseLocked(const std::string& job_id);

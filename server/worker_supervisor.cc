@@ -12,12 +12,14 @@
 namespace quantd::server {
 
 WorkerSupervisor::WorkerSupervisor(boost::asio::io_context& io, std::filesystem::path worker_binary,
-                                   std::string server_address, int count, std::vector<std::string> extra_args)
+                                   std::string server_address, int count, std::vector<std::string> extra_args,
+                                   std::vector<std::string> extra_env)
     : io_(io),
       worker_binary_(std::move(worker_binary)),
       server_address_(std::move(server_address)),
       count_(count),
       extra_args_(std::move(extra_args)),
+      extra_env_(std::move(extra_env)),
       child_signals_(io, SIGCHLD) {}
 
 void WorkerSupervisor::Start() {
@@ -26,13 +28,32 @@ void WorkerSupervisor::Start() {
 }
 
 void WorkerSupervisor::Spawn(int slot) {
-  std::vector<std::string> args = {worker_binary_.string(), "--server",   server_address_,
-                                   "--device",              "cpu",        "--worker-id",
+  std::vector<std::string> args = {worker_binary_.string(),
+                                   "--server",
+                                   server_address_,
+                                   "--device",
+                                   "cpu",
+                                   "--worker-id",
                                    "local-" + std::to_string(slot) + "-" + std::to_string(::getpid())};
   args.insert(args.end(), extra_args_.begin(), extra_args_.end());
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
+  // Built before fork: the child of a threaded parent may only make
+  // async-signal-safe calls until it execs.
+  std::vector<std::string> env;
+  for (char** entry = environ; *entry; ++entry) {
+    std::string_view text(*entry);
+    bool replaced = false;
+    for (const auto& extra : extra_env_) {
+      replaced = replaced || text.substr(0, text.find('=') + 1) == extra.substr(0, extra.find('=') + 1);
+    }
+    if (!replaced) env.emplace_back(text);
+  }
+  env.insert(env.end(), extra_env_.begin(), extra_env_.end());
+  std::vector<char*> envp;
+  for (auto& entry : env) envp.push_back(entry.data());
+  envp.push_back(nullptr);
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) {
@@ -46,7 +67,7 @@ void WorkerSupervisor::Spawn(int slot) {
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::execv(argv[0], argv.data());
+    ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
   slot_by_pid_[pid] = slot;

@@ -2,8 +2,10 @@
 
 #include <sys/types.h>
 
+// clang-format off
 #include <utility>  // Boost 1.74 asio uses std::exchange without including it
 #include <boost/asio.hpp>
+// clang-format on
 #include <filesystem>
 #include <map>
 #include <string>
@@ -18,7 +20,7 @@ namespace quantd::server {
 class WorkerSupervisor {
  public:
   WorkerSupervisor(boost::asio::io_context& io, std::filesystem::path worker_binary, std::string server_address,
-                   int count, std::vector<std::string> extra_args);
+                   int count, std::vector<std::string> extra_args, std::vector<std::string> extra_env = {});
   void Start();
   // Sends SIGTERM to every child and waits up to `grace` for them to exit,
   // then SIGKILLs what is left.
@@ -35,6 +37,9 @@ class WorkerSupervisor {
   std::string server_address_;
   int count_;
   std::vector<std::string> extra_args_;
+  // NAME=VALUE entries added to the workers' environment: secrets go here,
+  // since every user can read a process's arguments.
+  std::vector<std::string> extra_env_;
   boost::asio::signal_set child_signals_;
   std::map<pid_t, int> slot_by_pid_;
   bool stopping_ = false;

@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "worker/agent/agent.h"
+#include "worker/agent/pipeline_process.h"
 
 namespace {
 
@@ -23,6 +24,10 @@ constexpr const char* kUsage = R"(usage: quantd-worker --server ADDR [flags]
   --work-dir DIR       scratch folder for job inputs and outputs (default: $TMPDIR/quantd-worker)
   --heartbeat-ms MS    how often progress is sent and cancellation checked (default 1000)
   --exit-when-idle     run whatever is queued, then exit
+  --token-file PATH    worker token for a server with authentication (default: $QUANTD_WORKER_TOKEN)
+  --tls                connect with TLS, trusting the system's CAs
+  --ca-cert PEM        connect with TLS, trusting this CA
+  --client-cert PEM --client-key PEM   client certificate for mutual TLS
   --log-format text|json
 )";
 
@@ -42,6 +47,10 @@ int main(int argc, char** argv) {
     ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
     ::execv("/proc/self/exe", argv);  // on failure, carry on as we are
   }
+  if (argc > 1 && std::string(argv[1]) == "--run-pipeline") {
+    quantd::SetLogComponent("quantd-worker");
+    return quantd::worker::PipelineProcessMain(argc, argv);
+  }
   std::signal(SIGPIPE, SIG_IGN);
   quantd::worker::AgentOptions options;
   char host[256] = "worker";
@@ -59,7 +68,19 @@ int main(int argc, char** argv) {
       std::cout << kUsage;
       return 0;
     } else if (flag == "--server") {
-      options.server_address = value();
+      options.channel.address = value();
+    } else if (flag == "--token-file") {
+      auto token = quantd::ReadTokenFile(value());
+      if (!token.ok()) Die("--token-file: " + token.status().message());
+      options.channel.bearer_token = *token;
+    } else if (flag == "--tls") {
+      options.channel.use_tls = true;
+    } else if (flag == "--ca-cert") {
+      options.channel.ca_cert = value();
+    } else if (flag == "--client-cert") {
+      options.channel.client_cert = value();
+    } else if (flag == "--client-key") {
+      options.channel.client_key = value();
     } else if (flag == "--device") {
       auto device = value();
       if (device == "cpu") {
@@ -91,7 +112,12 @@ int main(int argc, char** argv) {
       Die("unknown flag '" + flag + "' (see --help)");
     }
   }
-  if (options.server_address.empty()) Die("--server is required (see --help)");
+  if (options.channel.address.empty()) Die("--server is required (see --help)");
+  if (const char* token = std::getenv("QUANTD_WORKER_TOKEN"); token != nullptr) {
+    if (options.channel.bearer_token.empty()) options.channel.bearer_token = token;
+    // Nothing this process starts needs the credential.
+    ::unsetenv("QUANTD_WORKER_TOKEN");
+  }
   quantd::SetLogComponent("quantd-worker");
   quantd::worker::WorkerAgent agent(options);
   g_agent = &agent;

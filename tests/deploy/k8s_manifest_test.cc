@@ -35,11 +35,14 @@ struct Container {
   YAML::Node node;
   std::string binary;
   std::vector<std::string> argv;  // after the binary
-  std::string where() const { return owner->file.string() + ": " + owner->kind + "/" + owner->name + "/" +
-                                     node["name"].as<std::string>(""); }
+  std::string where() const {
+    return owner->file.string() + ": " + owner->kind + "/" + owner->name + "/" + node["name"].as<std::string>("");
+  }
 };
 
-fs::path K8sDir() { return SourceDir() / "deploy" / "k8s"; }
+fs::path K8sDir() {
+  return SourceDir() / "deploy" / "k8s";
+}
 
 // Child lookups that never insert into the tree: yaml-cpp's non-const
 // operator[] and Node assignment both modify the document.
@@ -56,7 +59,9 @@ YAML::Node At(const YAML::Node& node, std::initializer_list<const char*> path) {
   return current;
 }
 
-std::string Text(const YAML::Node& node) { return node && node.IsScalar() ? node.as<std::string>() : ""; }
+std::string Text(const YAML::Node& node) {
+  return node && node.IsScalar() ? node.as<std::string>() : "";
+}
 
 std::vector<std::string> Strings(const YAML::Node& node) {
   std::vector<std::string> values;
@@ -284,7 +289,7 @@ TEST_F(ManifestTest, PodsRunAsTheImageUserWithALockedDownSizedContainer) {
     auto pod_security = At(container.pod, {"securityContext"});
     auto security = At(container.node, {"securityContext"});
     bool non_root = At(security, {"runAsNonRoot"}) ? At(security, {"runAsNonRoot"}).as<bool>()
-                                                    : At(pod_security, {"runAsNonRoot"}).as<bool>(false);
+                                                   : At(pod_security, {"runAsNonRoot"}).as<bool>(false);
     EXPECT_TRUE(non_root) << where;
     auto uid = At(security, {"runAsUser"}) ? At(security, {"runAsUser"}) : At(pod_security, {"runAsUser"});
     EXPECT_EQ(Text(uid), user) << where << ": runAsUser should be the image's USER";
@@ -356,6 +361,11 @@ TEST_F(ManifestTest, ConfigMapsHoldConfigurationTheProgramsAccept) {
         auto status = server::LoadServerConfigFile(file, config);
         fs::remove(file);
         EXPECT_TRUE(status.ok()) << manifest->file << ": " << status.message();
+        // The checks quantd runs at start, beyond reading the file: a
+        // listener on every interface needs authentication.
+        auto consistent = server::ValidateServerConfig(config);
+        EXPECT_TRUE(consistent.ok()) << manifest->file << ": quantd would refuse to start: " << consistent.message();
+        EXPECT_TRUE(config.auth_enabled()) << manifest->file << ": a cluster service needs tenant tokens";
         EXPECT_EQ(config.listen.substr(config.listen.rfind(':')), ":50051") << manifest->file;
         if (config.job_store == server::JobStoreBackend::kPostgres) {
           EXPECT_EQ(config.postgres_dsn.find("password"), std::string::npos)
@@ -397,8 +407,8 @@ TEST_F(ManifestTest, QuantdProbesItsGrpcHealthServiceAndTheServiceReachesIt) {
       auto grpc = At(container.node, {probe, "grpc"});
       ASSERT_TRUE(grpc) << where << ": " << probe << " must be a gRPC health probe";
       EXPECT_EQ(At(grpc, {"port"}).as<int>(0), grpc_port) << where << ": " << probe;
-      EXPECT_TRUE(health.count(Text(At(grpc, {"service"})))) << where << ": " << probe << " asks for service '"
-                                                            << Text(At(grpc, {"service"})) << "'";
+      EXPECT_TRUE(health.count(Text(At(grpc, {"service"}))))
+          << where << ": " << probe << " asks for service '" << Text(At(grpc, {"service"})) << "'";
     }
     EXPECT_EQ(Text(At(container.node, {"readinessProbe", "grpc", "service"})), "quantd.v1.QuantService") << where;
     // Its data dir is a persistent volume.
@@ -458,6 +468,39 @@ TEST_F(ManifestTest, CpuAndGpuWorkersConnectToTheServiceAndGpuOnesLandOnGpuNodes
     }
   }
   EXPECT_EQ(devices, (std::set<std::string>{"cpu", "gpu"}));
+}
+
+// quantd.yaml asks for tokens, so every worker and every client of the
+// service presents one, from a file in a volume of its own pod.
+TEST_F(ManifestTest, WorkersAndClientsOfTheServicePresentATokenFromTheirPod) {
+  int checked = 0;
+  for (const auto& container : Containers()) {
+    bool talks_to_server = container.binary == "quantd-worker" ||
+                           (container.binary == "quantctl" && !FlagValue(container.argv, "--server").empty());
+    if (!talks_to_server) continue;
+    ++checked;
+    auto where = container.where();
+    auto token_file = FlagValue(container.argv, "--token-file");
+    ASSERT_FALSE(token_file.empty()) << where << ": no --token-file";
+    bool mounted = false;
+    for (const auto& mount : At(container.node, {"volumeMounts"})) {
+      auto path = Text(At(mount, {"mountPath"}));
+      if (token_file.rfind(path + "/", 0) != 0) continue;
+      for (const auto& volume : At(container.pod, {"volumes"})) {
+        if (Text(At(volume, {"name"})) != Text(At(mount, {"name"}))) continue;
+        auto secret = At(volume, {"secret"});
+        ASSERT_TRUE(secret) << where << ": " << token_file << " must come from a Secret";
+        for (const auto& item : At(secret, {"items"})) {
+          mounted |= path + "/" + Text(At(item, {"path"})) == token_file;
+        }
+      }
+    }
+    EXPECT_TRUE(mounted) << where << ": " << token_file << " is not a file of a mounted Secret";
+    // Workers and tenants hold different credentials.
+    bool worker_file = token_file.find("worker-token") != std::string::npos;
+    EXPECT_EQ(worker_file, container.binary == "quantd-worker") << where << ": " << token_file;
+  }
+  EXPECT_GE(checked, 3) << "the CPU and GPU workers and the batch submit Job";
 }
 
 TEST_F(ManifestTest, BatchJobsSubmitAndWaitOrConvertWithoutAServer) {

@@ -13,8 +13,8 @@
 #include <zlib.h>
 
 #include <chrono>
-#include <opencv2/imgcodecs.hpp>
 #include <fstream>
+#include <opencv2/imgcodecs.hpp>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -23,9 +23,15 @@
 
 namespace quantd::testing {
 
-std::filesystem::path SourceDir() { return QUANTD_SOURCE_DIR; }
-std::filesystem::path BinDir() { return QUANTD_BIN_DIR; }
-std::filesystem::path BundledModel() { return SourceDir() / "models" / "fashion_cnn.onnx"; }
+std::filesystem::path SourceDir() {
+  return QUANTD_SOURCE_DIR;
+}
+std::filesystem::path BinDir() {
+  return QUANTD_BIN_DIR;
+}
+std::filesystem::path BundledModel() {
+  return SourceDir() / "models" / "fashion_cnn.onnx";
+}
 
 std::filesystem::path TempDir(const std::string& prefix) {
   std::random_device rd;
@@ -104,7 +110,7 @@ void QuantdProcess::Start() {
   std::error_code ec;
   std::filesystem::remove(ready, ec);
   // A restart binds the port the first run got, so clients can reconnect.
-  std::string listen = address_.empty() ? "127.0.0.1:" + std::to_string(options_.port) : address_;
+  std::string listen = address_.empty() ? options_.listen_host + ":" + std::to_string(options_.port) : address_;
   std::vector<std::string> argv = {(BinDir() / "quantd").string(),
                                    "--listen",
                                    listen,

@@ -36,9 +36,11 @@ class QuantdProcess {
  public:
   struct Options {
     int local_workers = 2;
-    std::vector<std::string> yaml_lines;  // extra quantd.yaml settings
+    std::vector<std::string> yaml_lines;   // extra quantd.yaml settings
     std::vector<std::string> extra_flags;  // e.g. {"--shutdown-grace-seconds", "20"}
-    int port = 0;  // 0: quantd picks a free one
+    int port = 0;                          // 0: quantd picks a free one
+    // Interface to bind; the ready file reports it as a loopback address.
+    std::string listen_host = "127.0.0.1";
   };
   explicit QuantdProcess(Options options);
   ~QuantdProcess();
@@ -48,6 +50,11 @@ class QuantdProcess {
   const std::string& address() const { return address_; }
   const std::string& metrics_address() const { return metrics_address_; }
   const std::filesystem::path& data_dir() const { return data_dir_; }
+  // Private folder of this server: quantd.yaml, its log, and room for the
+  // test's own files (certificates, token files).
+  const std::filesystem::path& root() const { return root_; }
+  // Where the local workers keep their per-process scratch folders.
+  std::filesystem::path worker_scratch_root() const { return root_ / "tmp" / "quantd-worker"; }
   pid_t pid() const { return pid_; }
   // Sends SIGTERM and waits; returns the exit status.
   int Stop();

@@ -43,8 +43,7 @@ std::string ReadConfig(const std::string& name) {
   return *text;
 }
 
-v1::SubmitJobRequest WeightQuantRequest(const std::string& model_sha,
-                                        v1::DeviceClass device = v1::DEVICE_CLASS_ANY) {
+v1::SubmitJobRequest WeightQuantRequest(const std::string& model_sha, v1::DeviceClass device = v1::DEVICE_CLASS_ANY) {
   static const std::string config = ReadConfig("weight_quant_8bit.yaml");
   v1::SubmitJobRequest request;
   request.set_request_id(NewId("req-"));
@@ -55,7 +54,9 @@ v1::SubmitJobRequest WeightQuantRequest(const std::string& model_sha,
   return request;
 }
 
-std::string StateText(v1::JobState state) { return client::StateName(state); }
+std::string StateText(v1::JobState state) {
+  return client::StateName(state);
+}
 
 // Polls the job until `done` holds or `timeout` passes; returns the last
 // state seen either way, so the caller's assertion names what went wrong.
@@ -256,18 +257,27 @@ TEST_F(ReliabilityTest, WorkerKilledMidJobIsRetriedElsewhereAndSucceeds) {
   ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << "the job ended before a worker could be killed";
   pid_t victim = server.WorkerPid(running.worker());
   ASSERT_GT(victim, 0) << "no live worker process named " << running.worker();
+  const auto victim_scratch = server.worker_scratch_root() / ("w-" + std::to_string(victim));
+  EXPECT_TRUE(std::filesystem::exists(victim_scratch / (job_id + "-1")))
+      << "the job's inputs live in " << victim_scratch;
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
 
   auto job = WaitForEnd(client, job_id, seconds(120));
   ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.failure_reason() << ": " << job.failure_message();
   EXPECT_EQ(job.attempts(), 2);
+  // The worker that replaced the killed one removed what it left behind.
+  auto scratch_deadline = Clock::now() + seconds(10);
+  while (std::filesystem::exists(victim_scratch) && Clock::now() < scratch_deadline) {
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  EXPECT_FALSE(std::filesystem::exists(victim_scratch)) << "scratch of the SIGKILLed worker was never cleaned";
 
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  ASSERT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  ASSERT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   EXPECT_NE(states[1].message().find("attempt 1 on " + running.worker()), std::string::npos) << states[1].message();
   EXPECT_NE(states[2].message().find("lease expired"), std::string::npos) << states[2].message();
@@ -292,6 +302,66 @@ TEST_F(ReliabilityTest, WorkerKilledMidJobIsRetriedElsewhereAndSucceeds) {
   EXPECT_EQ(pids.size(), 2u);
   EXPECT_EQ(std::find(pids.begin(), pids.end(), victim), pids.end());
   ExpectArtifactsDownload(client, job, out_ / "downloaded");
+}
+
+// Limits run the pipeline in a child process of the worker; a job over its
+// limit fails for good on its first attempt and the worker carries on.
+TEST_F(ReliabilityTest, JobOverItsMemoryLimitFailsOnceOthersComplete) {
+  auto options = FastLeaseOptions(1, 3);
+  options.yaml_lines.push_back("max_job_memory_limit_mb: 4096");
+  QuantdProcess server(options);
+  QuantClient client(server.address());
+  auto slow_sha = SlowModelSha(client);  // 128 MiB of float weights
+  auto tiny = WeightQuantRequest(slow_sha);
+  tiny.mutable_limits()->set_memory_bytes(32 << 20);
+  auto over = client.Submit(tiny);
+  ASSERT_TRUE(over.ok()) << over.status().message();
+  EXPECT_EQ(over->job().limits().memory_bytes(), 32 << 20);
+  auto ample = WeightQuantRequest(UploadOrDie(client, BundledModel()));
+  ample.mutable_limits()->set_memory_bytes(int64_t{1} << 50);  // capped at the server's 4096 MiB
+  auto within = client.Submit(ample);
+  ASSERT_TRUE(within.ok()) << within.status().message();
+  EXPECT_EQ(within->job().limits().memory_bytes(), int64_t{4096} << 20);
+
+  auto failed = WaitForEnd(client, over->job().id(), seconds(120));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED) << failed.failure_reason() << ": " << failed.failure_message();
+  EXPECT_EQ(failed.failure_reason(), "MEMORY_LIMIT_EXCEEDED") << failed.failure_message();
+  EXPECT_EQ(failed.attempts(), 1) << "a job over its memory limit is not retried";
+  EXPECT_NE(failed.failure_message().find("32 MiB"), std::string::npos) << failed.failure_message();
+
+  auto done = WaitForEnd(client, within->job().id(), seconds(180));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.failure_reason() << ": " << done.failure_message();
+  EXPECT_EQ(done.attempts(), 1);
+  ExpectArtifactsDownload(client, done, out_ / "within");
+  auto ort = RunOrt({"eval", "--model", (out_ / "within" / "model.onnx").string(), "--reference",
+                     BundledModel().string(), "--count", "1000"});
+  EXPECT_GT(ort["top1_agreement"].get<double>(), 0.98) << ort.dump();
+}
+
+TEST_F(ReliabilityTest, JobOverItsTimeLimitFailsOnceOthersComplete) {
+  auto options = FastLeaseOptions(1, 3);
+  options.yaml_lines.push_back("max_job_time_limit_seconds: 600");
+  QuantdProcess server(options);
+  QuantClient client(server.address());
+  auto request = WeightQuantRequest(SlowModelSha(client));
+  request.mutable_limits()->set_time_seconds(1);
+  auto slow = client.Submit(request);
+  ASSERT_TRUE(slow.ok()) << slow.status().message();
+  auto capped_request = WeightQuantRequest(SlowModelSha(client));
+  capped_request.mutable_limits()->set_time_seconds(1000000);
+  auto capped = client.Submit(capped_request);
+  ASSERT_TRUE(capped.ok()) << capped.status().message();
+  EXPECT_EQ(capped->job().limits().time_seconds(), 600);
+  auto started = Clock::now();
+  auto failed = WaitForEnd(client, slow->job().id(), seconds(120));
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED) << failed.failure_reason() << ": " << failed.failure_message();
+  EXPECT_EQ(failed.failure_reason(), "TIME_LIMIT_EXCEEDED") << failed.failure_message();
+  EXPECT_EQ(failed.attempts(), 1) << "a job over its time limit is not retried";
+  EXPECT_LT(Clock::now() - started, seconds(30)) << "the job was stopped at its limit, not when it finished";
+
+  auto done = WaitForEnd(client, capped->job().id(), seconds(180));
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.failure_reason() << ": " << done.failure_message();
+  ExpectArtifactsDownload(client, done, out_ / "capped");
 }
 
 TEST_F(ReliabilityTest, JobThatKillsEveryWorkerFailsAsWorkerLostAfterMaxAttempts) {
@@ -326,9 +396,9 @@ TEST_F(ReliabilityTest, JobThatKillsEveryWorkerFailsAsWorkerLostAfterMaxAttempts
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  EXPECT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_FAILED}))
+  EXPECT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_FAILED}))
       << Describe(states);
   ASSERT_FALSE(states.empty());
   EXPECT_EQ(states.back().reason(), "WORKER_LOST");
@@ -359,9 +429,9 @@ TEST_F(ReliabilityTest, StalledWorkerThatLostItsLeaseCannotFinishTheJob) {
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  EXPECT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  EXPECT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   // The woken worker dropped its work and went back to serving.
   EXPECT_TRUE(ProcessAlive(stalled));
@@ -422,9 +492,9 @@ TEST_F(ReliabilityTest, ServerKilledAndRestartedKeepsJobsHistoryArtifactsAndWatc
     EXPECT_EQ(watched_events[i].SerializeAsString(), stored[i].SerializeAsString()) << "event " << i + 1;
   }
   auto states = StateChanges(stored);
-  ASSERT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  ASSERT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   EXPECT_NE(states[2].message().find("lease expired"), std::string::npos) << states[2].message();
   ExpectArtifactsDownload(client, **watched, out_ / "running");
@@ -491,9 +561,9 @@ TEST_F(ReliabilityTest, SigtermDrainsWithinTheGracePeriodAndTheJobResumesAfterRe
   auto events = History(client, job_id);
   ExpectDenseSeqs(events, "history");
   auto states = StateChanges(events);
-  ASSERT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                          v1::JOB_STATE_SUCCEEDED}))
+  ASSERT_EQ(Sequence(states),
+            (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED,
+                                       v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
       << Describe(states);
   EXPECT_EQ(states[2].reason(), "WORKER_SHUTDOWN") << "the drain hands the job back instead of losing its lease";
   ExpectArtifactsDownload(client, job, out_ / "downloaded");
@@ -630,8 +700,8 @@ TEST_F(ReliabilityTest, ManyConcurrentClientsEachJobRunsExactlyOnce) {
     EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.id() << ": " << job.failure_message();
     EXPECT_EQ(job.attempts(), 1) << job.id();
     auto states = StateChanges(record.events);
-    EXPECT_EQ(Sequence(states), (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
-                                                            v1::JOB_STATE_SUCCEEDED}))
+    EXPECT_EQ(Sequence(states),
+              (std::vector<v1::JobState>{v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED}))
         << job.id() << ": " << Describe(states);
     ExpectDenseSeqs(record.events, job.id());
     succeeded += job.state() == v1::JOB_STATE_SUCCEEDED;
@@ -653,8 +723,8 @@ TEST_F(ReliabilityTest, ManyConcurrentClientsEachJobRunsExactlyOnce) {
     EXPECT_EQ(job.attempts(), 1) << job.id();
   }
 
-  std::cout << "[ reliability ] " << kClients * kJobsPerClient << " jobs from " << kClients << " clients in "
-            << wall_s << " s: " << kClients * kJobsPerClient / wall_s << " jobs/s\n"
+  std::cout << "[ reliability ] " << kClients * kJobsPerClient << " jobs from " << kClients << " clients in " << wall_s
+            << " s: " << kClients * kJobsPerClient / wall_s << " jobs/s\n"
             << "[ reliability ] submit -> first event ms: p50 " << Percentile(first_event, 0.5) << ", p99 "
             << Percentile(first_event, 0.99) << "\n"
             << "[ reliability ] submit -> running ms: p50 " << Percentile(running, 0.5) << ", p99 "

@@ -40,6 +40,41 @@ TEST_F(BlobStoreTest, ResumedUploadCommitsOnlyAfterDigestMatches) {
   EXPECT_EQ(*stored, content);
 }
 
+// A digest proves nothing: a tenant sees a blob only after uploading every
+// byte of it, and each tenant resumes its own upload.
+TEST_F(BlobStoreTest, TenantsSeeOnlyBlobsTheyUploadedThemselves) {
+  std::string content(200000, 'q');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>(i * 31 % 253);
+  auto sha = Sha256Hex(content);
+  auto size = static_cast<int64_t>(content.size());
+  ASSERT_TRUE(store_->Begin(sha, size, "alpha").ok());
+  ASSERT_TRUE(store_->Append(sha, 0, std::string_view(content).substr(0, 50000), "alpha").ok());
+  EXPECT_EQ(store_->Progress(sha, "beta").committed_bytes, 0) << "beta must not see alpha's partial upload";
+  ASSERT_TRUE(store_->Append(sha, 50000, std::string_view(content).substr(50000), "alpha").ok());
+  ASSERT_TRUE(store_->Finish(sha, "alpha").ok());
+  EXPECT_TRUE(store_->VisibleTo(sha, "alpha"));
+  EXPECT_TRUE(store_->VisibleTo(sha, "")) << "without tenants every stored blob is visible";
+  EXPECT_FALSE(store_->VisibleTo(sha, "beta"));
+  EXPECT_FALSE(store_->Progress(sha, "beta").complete);
+  EXPECT_EQ(store_->Progress(sha, "beta").committed_bytes, 0);
+
+  // beta resumes its own upload and ends up owning the same stored bytes.
+  ASSERT_TRUE(store_->Begin(sha, size, "beta").ok());
+  ASSERT_TRUE(store_->Append(sha, 0, std::string_view(content).substr(0, 1000), "beta").ok());
+  EXPECT_EQ(store_->Progress(sha, "beta").committed_bytes, 1000);
+  ASSERT_TRUE(store_->Append(sha, 1000, std::string_view(content).substr(1000), "beta").ok());
+  ASSERT_TRUE(store_->Finish(sha, "beta").ok());
+  EXPECT_TRUE(store_->VisibleTo(sha, "beta"));
+  EXPECT_EQ(*ReadFile(store_->PathOf(sha), 1 << 20), content);
+
+  // Claiming a stored digest with other bytes gets nothing.
+  ASSERT_TRUE(store_->Begin(sha, size, "gamma").ok());
+  ASSERT_TRUE(store_->Append(sha, 0, std::string(content.size(), 'z'), "gamma").ok());
+  EXPECT_EQ(store_->Finish(sha, "gamma").reason(), "BLOB_DIGEST_MISMATCH");
+  EXPECT_FALSE(store_->VisibleTo(sha, "gamma"));
+  EXPECT_EQ(*ReadFile(store_->PathOf(sha), 1 << 20), content) << "the stored blob is untouched";
+}
+
 TEST_F(BlobStoreTest, WrongContentIsDiscardedNotStored) {
   std::string content = "the real content";
   auto sha = Sha256Hex("different content");

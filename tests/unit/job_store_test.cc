@@ -5,6 +5,7 @@
 #include "server/job_store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <atomic>
 #include <fstream>
@@ -17,6 +18,8 @@
 #include "server/server_config.h"
 
 #ifdef QUANTD_JOB_STORE_TEST_POSTGRES
+#include <libpq-fe.h>
+
 #include "tests/pg/postgres_server.h"
 #endif
 
@@ -26,7 +29,9 @@ namespace {
 enum class Backend { kSqlite, kPostgres };
 
 // Names the parameter in test listings (and so in ctest test names).
-void PrintTo(Backend backend, std::ostream* out) { *out << (backend == Backend::kSqlite ? "sqlite" : "postgres"); }
+void PrintTo(Backend backend, std::ostream* out) {
+  *out << (backend == Backend::kSqlite ? "sqlite" : "postgres");
+}
 
 class JobStoreTest : public ::testing::TestWithParam<Backend> {
  protected:
@@ -283,7 +288,7 @@ TEST_P(JobStoreTest, ListPagesThroughEveryJobOnceAndFiltersByState) {
   int pages = 0;
   int64_t last_created = INT64_MAX;
   do {
-    auto page = store_->ListJobs({}, 3, token);
+    auto page = store_->ListJobs("", {}, 3, token);
     ASSERT_TRUE(page.ok()) << page.status().message();
     for (const auto& job : page->jobs) {
       EXPECT_TRUE(seen.insert(job.id()).second) << "listed twice: " << job.id();
@@ -296,12 +301,12 @@ TEST_P(JobStoreTest, ListPagesThroughEveryJobOnceAndFiltersByState) {
   EXPECT_EQ(seen, ids);
   EXPECT_EQ(pages, 3);
   auto leased = store_->LeaseNext(v1::DEVICE_CLASS_CPU, "w", 10000);
-  auto running = store_->ListJobs({v1::JOB_STATE_RUNNING}, 50, "");
+  auto running = store_->ListJobs("", {v1::JOB_STATE_RUNNING}, 50, "");
   ASSERT_EQ(running->jobs.size(), 1u);
   EXPECT_EQ(running->jobs[0].id(), (*leased)->job.id());
-  EXPECT_EQ(store_->ListJobs({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING}, 50, "")->jobs.size(), 7u);
-  EXPECT_TRUE(store_->ListJobs({static_cast<v1::JobState>(40)}, 50, "")->jobs.empty());
-  EXPECT_EQ(store_->ListJobs({}, 10, "garbage").status().reason(), "BAD_PAGE_TOKEN");
+  EXPECT_EQ(store_->ListJobs("", {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING}, 50, "")->jobs.size(), 7u);
+  EXPECT_TRUE(store_->ListJobs("", {static_cast<v1::JobState>(40)}, 50, "")->jobs.empty());
+  EXPECT_EQ(store_->ListJobs("", {}, 10, "garbage").status().reason(), "BAD_PAGE_TOKEN");
 }
 
 TEST_P(JobStoreTest, CountsByStateAndQueueDepthByDevice) {
@@ -405,12 +410,168 @@ TEST_P(JobStoreTest, ConcurrentAppendersOnSeveralHandlesKeepSequenceDense) {
   EXPECT_EQ(texts.size(), static_cast<size_t>(kThreads * kEach));
 }
 
+TEST_P(JobStoreTest, TenantsListOnlyTheirOwnJobsAndShareNoRequestIds) {
+  auto for_tenant = [&](const std::string& tenant, const std::string& request_id, int64_t created) {
+    auto job = NewJob(request_id, 0, v1::DEVICE_CLASS_ANY, created);
+    job.set_tenant(tenant);
+    return job;
+  };
+  auto a1 = Create(for_tenant("alpha", "req-1", 1000));
+  auto a2 = Create(for_tenant("alpha", "", 1001));
+  auto b1 = store_->CreateJob(for_tenant("beta", "req-1", 1002));
+  ASSERT_TRUE(b1.ok()) << b1.status().message();
+  EXPECT_FALSE(b1->second) << "another tenant's request id must not deduplicate onto its job";
+  EXPECT_NE(b1->first.id(), a1.id());
+  auto again = store_->CreateJob(for_tenant("alpha", "req-1", 1003));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->second);
+  EXPECT_EQ(again->first.id(), a1.id());
+  auto unowned = Create(NewJob("", 0, v1::DEVICE_CLASS_ANY, 1004));
+  EXPECT_EQ(unowned.tenant(), kDefaultTenant);
+
+  auto ids = [&](const std::string& tenant) {
+    std::set<std::string> found;
+    auto page = store_->ListJobs(tenant, {}, 50, "");
+    EXPECT_TRUE(page.ok()) << page.status().message();
+    if (page.ok()) {
+      for (const auto& job : page->jobs) found.insert(job.id());
+    }
+    return found;
+  };
+  EXPECT_EQ(ids("alpha"), (std::set<std::string>{a1.id(), a2.id()}));
+  EXPECT_EQ(ids("beta"), (std::set<std::string>{b1->first.id()}));
+  EXPECT_EQ(ids("gamma"), (std::set<std::string>{}));
+  EXPECT_EQ(ids("").size(), 4u) << "an empty tenant lists every job";
+  auto page = store_->ListJobs("alpha", {}, 1, "");
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 1u);
+  auto rest = store_->ListJobs("alpha", {}, 10, page->next_page_token);
+  ASSERT_TRUE(rest.ok());
+  ASSERT_EQ(rest->jobs.size(), 1u) << "paging stays inside the tenant";
+  EXPECT_EQ(rest->jobs[0].id(), a1.id());
+  EXPECT_EQ(job_rules::TenantOf(*store_->GetJob(b1->first.id())), "beta");
+}
+
+TEST_P(JobStoreTest, HeartbeatRenewsAppendsAndAppliesProgressTogether) {
+  auto job = Create(NewJob("", 0, v1::DEVICE_CLASS_ANY, 1000));
+  auto leased = store_->LeaseNext(v1::DEVICE_CLASS_CPU, "w", 150);
+  ASSERT_TRUE(leased->has_value());
+  std::vector<v1::JobEvent> beat(3);
+  beat[0].mutable_progress()->set_stage("quantize");
+  beat[0].mutable_progress()->set_fraction(0.5);
+  beat[1].mutable_log()->set_text("halfway");
+  beat[2].mutable_state()->set_state(v1::JOB_STATE_SUCCEEDED);  // not the worker's to write
+  auto renewed = store_->Heartbeat(job.id(), (*leased)->lease_id, 60000, beat);
+  ASSERT_TRUE(renewed.ok()) << renewed.status().message();
+  EXPECT_EQ(renewed->stage(), "quantize");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(store_->ExpireLeases(3)->empty()) << "the heartbeat extended the lease";
+  auto stored = store_->GetJob(job.id());
+  EXPECT_EQ(stored->state(), v1::JOB_STATE_RUNNING);
+  EXPECT_DOUBLE_EQ(stored->progress(), 0.5);
+  auto events = Events(job.id());
+  ASSERT_EQ(events.size(), 4u) << "queued, running, progress, log; the state event is dropped";
+  EXPECT_TRUE(events[2].has_progress());
+  EXPECT_EQ(events[3].log().text(), "halfway");
+
+  auto lost = store_->Heartbeat(job.id(), "lease-someone-else", 60000, beat);
+  EXPECT_EQ(lost.status().reason(), "LEASE_LOST");
+  EXPECT_EQ(Events(job.id()).size(), 4u) << "a heartbeat of a lost lease stores nothing";
+  EXPECT_EQ(store_->Heartbeat("job-missing", "x", 1000, beat).status().reason(), "JOB_NOT_FOUND");
+}
+
+TEST_P(JobStoreTest, AFreshAttemptStartsWithoutTheLostAttemptsArtifacts) {
+  auto job = Create(NewJob("", 0, v1::DEVICE_CLASS_ANY, 1000));
+  auto first = store_->LeaseNext(v1::DEVICE_CLASS_CPU, "w1", 1);
+  v1::Artifact artifact;
+  artifact.set_name("model.onnx");
+  artifact.set_size_bytes(10);
+  ASSERT_TRUE(store_->AddArtifact(job.id(), (*first)->lease_id, artifact).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto expired = store_->ExpireLeases(3);
+  ASSERT_EQ(expired->size(), 1u);
+  EXPECT_EQ(store_->GetJob(job.id())->artifacts_size(), 0) << "a requeued job shows no artifacts of the lost lease";
+  auto second = store_->LeaseNext(v1::DEVICE_CLASS_CPU, "w2", 10000);
+  EXPECT_EQ((*second)->job.artifacts_size(), 0);
+  ASSERT_TRUE(store_->AddArtifact(job.id(), (*second)->lease_id, artifact).ok());
+  auto requeued = store_->Fail(job.id(), (*second)->lease_id, "IO_ERROR", "disk", true, 3);
+  EXPECT_EQ(requeued->state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(requeued->artifacts_size(), 0) << "a failed attempt leaves no artifacts behind";
+}
+
 std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
   return info.param == Backend::kSqlite ? "sqlite" : "postgres";
 }
 
+// A store holding "job-old" (request id "req-old") written before jobs had
+// tenants, opened twice: the migration runs once and is then a no-op.
+void ExpectOldJobBelongsToTheDefaultTenant(const ServerConfig& config) {
+  for (int open = 0; open < 2; ++open) {
+    auto store = OpenJobStore(config);
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    auto listed = (*store)->ListJobs(kDefaultTenant, {}, 50, "");
+    ASSERT_TRUE(listed.ok()) << listed.status().message();
+    ASSERT_EQ(listed->jobs.size(), 1u);
+    EXPECT_EQ(listed->jobs[0].id(), "job-old");
+    EXPECT_EQ(job_rules::TenantOf(listed->jobs[0]), kDefaultTenant);
+    EXPECT_EQ((*store)->ListJobs("alpha", {}, 50, "")->jobs.size(), static_cast<size_t>(open))
+        << "the old job is not alpha's";
+    v1::Job same_key;
+    same_key.set_id(NewId("job-"));
+    same_key.set_request_id("req-old");
+    same_key.set_tenant("alpha");
+    auto created = (*store)->CreateJob(same_key);
+    ASSERT_TRUE(created.ok()) << created.status().message();
+    EXPECT_EQ(created->second, open == 1) << "alpha's own key deduplicates only onto alpha's job";
+    EXPECT_NE(created->first.id(), "job-old");
+  }
+}
+
+v1::Job OldJob() {
+  v1::Job job;
+  job.set_id("job-old");
+  job.set_request_id("req-old");
+  job.set_state(v1::JOB_STATE_SUCCEEDED);
+  job.set_device(v1::DEVICE_CLASS_ANY);
+  job.set_created_unix_ms(1000);
+  return job;
+}
+
 #ifdef QUANTD_JOB_STORE_TEST_POSTGRES
 INSTANTIATE_TEST_SUITE_P(Postgres, JobStoreTest, ::testing::Values(Backend::kPostgres), BackendName);
+
+TEST(PostgresJobStoreMigration, JobsFromBeforeTenantsBelongToTheDefaultTenant) {
+  ServerConfig config;
+  config.job_store = JobStoreBackend::kPostgres;
+  config.postgres_dsn = quantd::testing::SharedPostgresServer().CreateDatabase("migration");
+  PGconn* conn = PQconnectdb(config.postgres_dsn.c_str());
+  ASSERT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  // The schema as quantd created it before tenants.
+  PGresult* schema = PQexec(conn,
+                            "CREATE TABLE quantd_jobs(id TEXT COLLATE \"C\" PRIMARY KEY,"
+                            " request_id TEXT NOT NULL DEFAULT '', state INTEGER NOT NULL, device INTEGER NOT NULL,"
+                            " priority INTEGER NOT NULL, created_ms BIGINT NOT NULL, lease_id TEXT NOT NULL DEFAULT '',"
+                            " lease_expires_ms BIGINT NOT NULL DEFAULT 0, last_seq BIGINT NOT NULL DEFAULT 0,"
+                            " proto BYTEA NOT NULL);"
+                            "CREATE UNIQUE INDEX quantd_jobs_request ON quantd_jobs(request_id) WHERE request_id <> '';"
+                            "CREATE TABLE quantd_job_events(job_id TEXT COLLATE \"C\" NOT NULL"
+                            " REFERENCES quantd_jobs(id) ON DELETE CASCADE, seq BIGINT NOT NULL, proto BYTEA NOT NULL,"
+                            " PRIMARY KEY(job_id, seq));");
+  ASSERT_EQ(PQresultStatus(schema), PGRES_COMMAND_OK) << PQresultErrorMessage(schema);
+  PQclear(schema);
+  auto bytes = OldJob().SerializeAsString();
+  const char* values[] = {bytes.data()};
+  int lengths[] = {static_cast<int>(bytes.size())};
+  int formats[] = {1};
+  PGresult* insert = PQexecParams(conn,
+                                  "INSERT INTO quantd_jobs(id, request_id, state, device, priority, created_ms, proto)"
+                                  " VALUES('job-old', 'req-old', 3, 3, 0, 1000, $1)",
+                                  1, nullptr, values, lengths, formats, 0);
+  ASSERT_EQ(PQresultStatus(insert), PGRES_COMMAND_OK) << PQresultErrorMessage(insert);
+  PQclear(insert);
+  PQfinish(conn);
+  ExpectOldJobBelongsToTheDefaultTenant(config);
+}
 
 TEST(PostgresJobStoreOpen, AnUnreachableServerIsAnErrorNotAHang) {
   ServerConfig config;
@@ -466,12 +627,42 @@ TEST(PostgresJobStoreOpen, ReplicasStartingTogetherShareOneSchema) {
 #else
 INSTANTIATE_TEST_SUITE_P(Sqlite, JobStoreTest, ::testing::Values(Backend::kSqlite), BackendName);
 
+// A data dir written before jobs had tenants opens with its jobs owned by
+// the default tenant, and request ids become per tenant.
+TEST(SqliteJobStoreMigration, JobsFromBeforeTenantsBelongToTheDefaultTenant) {
+  auto dir = std::filesystem::temp_directory_path() / NewId("job-store-migration-");
+  std::filesystem::create_directories(dir);
+  auto old_job = OldJob();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir / "quantd.db").c_str(), &db), SQLITE_OK);
+    const char* schema =
+        "CREATE TABLE jobs(id TEXT PRIMARY KEY, request_id TEXT NOT NULL DEFAULT '', state INTEGER NOT NULL,"
+        " device INTEGER NOT NULL, priority INTEGER NOT NULL, created_ms INTEGER NOT NULL,"
+        " lease_id TEXT NOT NULL DEFAULT '', lease_expires_ms INTEGER NOT NULL DEFAULT 0, proto BLOB NOT NULL);"
+        "CREATE UNIQUE INDEX jobs_request ON jobs(request_id) WHERE request_id <> '';";
+    ASSERT_EQ(sqlite3_exec(db, schema, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_stmt* insert = nullptr;
+    sqlite3_prepare_v2(db,
+                       "INSERT INTO jobs(id, request_id, state, device, priority, created_ms, proto)"
+                       " VALUES('job-old', 'req-old', 3, 3, 0, 1000, ?)",
+                       -1, &insert, nullptr);
+    auto bytes = old_job.SerializeAsString();
+    sqlite3_bind_blob(insert, 1, bytes.data(), static_cast<int>(bytes.size()), SQLITE_TRANSIENT);
+    ASSERT_EQ(sqlite3_step(insert), SQLITE_DONE);
+    sqlite3_finalize(insert);
+    sqlite3_close(db);
+  }
+  ServerConfig config;
+  config.data_dir = dir;
+  ExpectOldJobBelongsToTheDefaultTenant(config);
+  std::filesystem::remove_all(dir);
+}
+
 // quantd.yaml selects the backend.
 class JobStoreConfigTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    file_ = std::filesystem::temp_directory_path() / NewId("quantd-yaml-");
-  }
+  void SetUp() override { file_ = std::filesystem::temp_directory_path() / NewId("quantd-yaml-"); }
   void TearDown() override { std::filesystem::remove(file_); }
   Status Load(const std::string& text, ServerConfig& config) {
     std::ofstream(file_) << text;
@@ -485,8 +676,8 @@ TEST_F(JobStoreConfigTest, SqliteIsTheDefaultAndPostgresNeedsADsn) {
   ASSERT_TRUE(Load("listen: 127.0.0.1:1\n", config).ok());
   EXPECT_EQ(config.job_store, JobStoreBackend::kSqlite);
   ServerConfig postgres;
-  ASSERT_TRUE(Load("job_store: postgres\npostgres_dsn: \"host=db dbname=quantd\"\npostgres_connections: 3\n", postgres)
-                  .ok());
+  ASSERT_TRUE(
+      Load("job_store: postgres\npostgres_dsn: \"host=db dbname=quantd\"\npostgres_connections: 3\n", postgres).ok());
   EXPECT_EQ(postgres.job_store, JobStoreBackend::kPostgres);
   EXPECT_EQ(postgres.postgres_dsn, "host=db dbname=quantd");
   EXPECT_EQ(postgres.postgres_connections, 3);
@@ -496,6 +687,58 @@ TEST_F(JobStoreConfigTest, SqliteIsTheDefaultAndPostgresNeedsADsn) {
   EXPECT_EQ(Load("job_store: mysql\n", unknown).reason(), "SERVER_CONFIG_OUT_OF_RANGE");
   ServerConfig zero;
   EXPECT_EQ(Load("postgres_connections: 0\n", zero).reason(), "SERVER_CONFIG_OUT_OF_RANGE");
+}
+
+TEST_F(JobStoreConfigTest, TokensAreReadAsHashesAndCheckedForMistakes) {
+  const std::string alpha(64, 'a'), beta(64, 'b'), worker(64, 'c');
+  ServerConfig config;
+  auto status = Load("listen: 0.0.0.0:50051\ntokens:\n  - {tenant: alpha, sha256: " + alpha +
+                         "}\n  - {tenant: beta, sha256: " + beta + "}\nworker_token_sha256: [" + worker +
+                         "]\njob_memory_limit_mb: 512\nmax_job_memory_limit_mb: 1024\n",
+                     config);
+  ASSERT_TRUE(status.ok()) << status.message();
+  ASSERT_EQ(config.tenant_tokens.size(), 2u);
+  EXPECT_EQ(config.tenant_tokens[1].tenant, "beta");
+  EXPECT_EQ(config.tenant_tokens[1].sha256, beta);
+  EXPECT_EQ(config.worker_token_sha256, std::vector<std::string>{worker});
+  EXPECT_EQ(config.job_memory_limit_bytes, int64_t{512} << 20);
+  EXPECT_TRUE(ValidateServerConfig(config).ok()) << "with tokens, quantd may listen on every interface";
+
+  ServerConfig plain_token;
+  EXPECT_EQ(Load("tokens:\n  - {tenant: alpha, sha256: my-secret-token}\n", plain_token).reason(),
+            "SERVER_CONFIG_BAD_TOKEN_HASH")
+      << "a token pasted instead of its hash is refused";
+  ServerConfig bad_tenant;
+  EXPECT_EQ(Load("tokens:\n  - {tenant: ../etc, sha256: " + alpha + "}\n", bad_tenant).reason(),
+            "SERVER_CONFIG_BAD_TENANT");
+  ServerConfig shared;
+  ASSERT_TRUE(
+      Load("tokens:\n  - {tenant: alpha, sha256: " + alpha + "}\nworker_token_sha256: " + alpha + "\n", shared).ok());
+  EXPECT_EQ(ValidateServerConfig(shared).reason(), "SERVER_CONFIG_DUPLICATE_TOKEN")
+      << "a worker and a tenant must not share a token";
+  ServerConfig limits;
+  ASSERT_TRUE(Load("job_time_limit_seconds: 100\nmax_job_time_limit_seconds: 10\n", limits).ok());
+  EXPECT_EQ(ValidateServerConfig(limits).reason(), "SERVER_CONFIG_OUT_OF_RANGE");
+  ServerConfig half_tls;
+  ASSERT_TRUE(Load("tls_cert: /x/cert.pem\n", half_tls).ok());
+  EXPECT_EQ(ValidateServerConfig(half_tls).reason(), "SERVER_CONFIG_MISSING_KEY");
+}
+
+TEST_F(JobStoreConfigTest, WithoutTokensOnlyLoopbackUnlessExplicitlyAllowed) {
+  for (const char* loopback : {"127.0.0.1:1", "localhost:50051", "[::1]:50051", "unix:/tmp/q.sock"}) {
+    EXPECT_TRUE(IsLoopbackListen(loopback)) << loopback;
+  }
+  for (const char* remote : {"0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", ":50051", "quantd:50051"}) {
+    EXPECT_FALSE(IsLoopbackListen(remote)) << remote;
+  }
+  ServerConfig open;
+  ASSERT_TRUE(Load("listen: 0.0.0.0:50051\n", open).ok());
+  auto refused = ValidateServerConfig(open);
+  EXPECT_EQ(refused.reason(), "INSECURE_REMOTE_LISTEN");
+  EXPECT_NE(refused.message().find("allow_insecure_remote"), std::string::npos) << refused.message();
+  ServerConfig allowed;
+  ASSERT_TRUE(Load("listen: 0.0.0.0:50051\nallow_insecure_remote: true\n", allowed).ok());
+  EXPECT_TRUE(ValidateServerConfig(allowed).ok());
 }
 
 TEST_F(JobStoreConfigTest, TheFactoryOpensSqliteInTheDataDir) {

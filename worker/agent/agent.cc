@@ -2,6 +2,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <condition_variable>
 #include <deque>
 #include <fstream>
@@ -13,6 +17,7 @@
 #include "common/log.h"
 #include "common/rpc_status.h"
 #include "common/sha256.h"
+#include "worker/agent/pipeline_process.h"
 #include "worker/pipeline/pipeline.h"
 
 namespace quantd::worker {
@@ -127,15 +132,59 @@ Status UploadArtifactFile(v1::WorkerService::Stub& stub, const v1::LeaseJobRespo
 
 }  // namespace
 
-WorkerAgent::WorkerAgent(AgentOptions options) : options_(std::move(options)) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  channel_ = grpc::CreateCustomChannel(options_.server_address, grpc::InsecureChannelCredentials(), args);
-  stub_ = v1::WorkerService::NewStub(channel_);
+WorkerAgent::WorkerAgent(AgentOptions options) : options_(std::move(options)) {}
+
+Status WorkerAgent::ClaimScratch() {
+  std::error_code ec;
+  std::filesystem::create_directories(options_.work_root, ec);
+  if (ec) return Internal("IO_ERROR", "cannot create " + options_.work_root.string() + ": " + ec.message());
+  // The lock lives exactly as long as this process: the kernel drops it
+  // however the process ends, so an unlocked folder belongs to nobody. The
+  // folder gets its w- name only once locked, so a worker starting beside
+  // this one never finds it unlocked while its owner lives.
+  auto claiming = options_.work_root / (".claim-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(claiming, ec);
+  std::filesystem::create_directories(claiming, ec);
+  scratch_lock_fd_ = ::open((claiming / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (scratch_lock_fd_ < 0 || ::flock(scratch_lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return Internal("IO_ERROR", "cannot lock a scratch folder in " + options_.work_root.string());
+  }
+  scratch_ = options_.work_root / ("w-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(scratch_, ec);  // a dead worker that had this pid
+  std::filesystem::rename(claiming, scratch_, ec);
+  if (ec) return Internal("IO_ERROR", "cannot create " + scratch_.string() + ": " + ec.message());
+  for (const auto& entry : std::filesystem::directory_iterator(options_.work_root, ec)) {
+    auto name = entry.path().filename().string();
+    if (entry.path() == scratch_ || !entry.is_directory(ec)) continue;
+    bool stale = name.rfind("job-", 0) == 0;  // the flat layout of older workers
+    if (name.rfind("w-", 0) == 0) {
+      int fd = ::open((entry.path() / ".lock").c_str(), O_RDWR | O_CLOEXEC);
+      stale = fd < 0 || ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+      if (fd >= 0) ::close(fd);
+    }
+    if (stale) {
+      std::filesystem::remove_all(entry.path(), ec);
+      LogInfo("removed the scratch folder " + entry.path().string() + " of a worker that is gone");
+    }
+  }
+  return Status::Ok();
 }
 
 int WorkerAgent::Run() {
-  LogInfo("worker " + options_.worker_id + " serving " + options_.server_address);
+  if (auto status = ClaimScratch(); !status.ok()) {
+    LogError(status.message());
+    return 2;
+  }
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  auto channel = OpenChannel(options_.channel, args);
+  if (!channel.ok()) {
+    LogError(channel.status().message());
+    return 2;
+  }
+  channel_ = *channel;
+  stub_ = v1::WorkerService::NewStub(channel_);
+  LogInfo("worker " + options_.worker_id + " serving " + options_.channel.address);
   int backoff_ms = 200;
   while (!stop_.load()) {
     v1::LeaseJobRequest request;
@@ -146,6 +195,13 @@ int WorkerAgent::Run() {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     auto status = stub_->LeaseJob(&context, request, &response);
+    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+        status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      // Retrying cannot fix a wrong credential; a supervisor that restarts
+      // the worker shows the message again.
+      LogError("the server refused this worker: " + status.error_message());
+      return 3;
+    }
     if (!status.ok()) {
       if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
           status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
@@ -163,13 +219,15 @@ int WorkerAgent::Run() {
     RunJob(response);
   }
   LogInfo("worker " + options_.worker_id + " stopped");
+  std::error_code ec;
+  std::filesystem::remove_all(scratch_, ec);
   return 0;
 }
 
 void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
   const auto& job = lease.job();
   LogInfo("running job " + job.id() + " attempt " + std::to_string(job.attempts()));
-  auto work_dir = options_.work_root / (job.id() + "-" + std::to_string(job.attempts()));
+  auto work_dir = scratch_ / (job.id() + "-" + std::to_string(job.attempts()));
   std::error_code ec;
   std::filesystem::remove_all(work_dir, ec);
   std::filesystem::create_directories(work_dir / "out", ec);
@@ -206,15 +264,19 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
       auto folder = work_dir / "calibration" / std::to_string(request.calibration.size());
       auto extracted = ExtractArchive(archive, folder, ArchiveLimits{});
       if (!extracted.ok()) {
-        return finish(extracted.status().WithContext("calibration archive for input '" + calibration.input_name() + "'"));
+        return finish(
+            extracted.status().WithContext("calibration archive for input '" + calibration.input_name() + "'"));
       }
       std::filesystem::remove(archive, ec);
-      events.OnLog(LogLevel::kInfo, "calibration for '" + calibration.input_name() + "': " +
-                                        std::to_string(extracted->files) + " files");
+      events.OnLog(LogLevel::kInfo, "calibration for '" + calibration.input_name() +
+                                        "': " + std::to_string(extracted->files) + " files");
       request.calibration.push_back({calibration.input_name(), folder});
     }
     events.OnProgress("fetch", 1.0);
-    auto ran = pipeline::RunPipeline(request, events);
+    PipelineLimits limits;
+    limits.memory_bytes = job.limits().memory_bytes();
+    limits.time_seconds = job.limits().time_seconds();
+    auto ran = RunPipelineProcess(request, limits, events);
     if (ran.ok()) result = std::move(*ran);
     finish(ran.ok() ? Status::Ok() : ran.status());
   });
@@ -278,7 +340,8 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
     request.set_lease_id(lease.lease_id());
     request.set_reason(shutting_down ? "WORKER_SHUTDOWN" : outcome.reason());
     request.set_message(shutting_down ? "the worker was stopped; the job goes back to the queue" : outcome.message());
-    request.set_retryable(shutting_down || !pipeline::IsInputError(outcome));
+    // Neither bad input nor a job over its limits does better on a retry.
+    request.set_retryable(shutting_down || (!pipeline::IsInputError(outcome) && !IsLimitExceeded(outcome)));
     v1::Empty empty;
     grpc::ClientContext context;
     auto status = stub_->FailJob(&context, request, &empty);

@@ -5,12 +5,14 @@
 #include <memory>
 #include <string>
 
+#include "common/channel.h"
 #include "quantd/v1/quantd.grpc.pb.h"
 
 namespace quantd::worker {
 
 struct AgentOptions {
-  std::string server_address;
+  // Address, worker token and TLS files.
+  ChannelOptions channel;
   v1::DeviceClass device = v1::DEVICE_CLASS_CPU;
   std::string worker_id;
   std::filesystem::path work_root;
@@ -30,11 +32,16 @@ class WorkerAgent {
 
  private:
   void RunJob(const v1::LeaseJobResponse& lease);
+  // Takes this worker's scratch folder under work_root and removes the ones
+  // of workers that died without cleaning up (SIGKILL, OOM kill, power loss).
+  Status ClaimScratch();
 
   AgentOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::atomic<bool> stop_{false};
+  std::filesystem::path scratch_;  // work_root/w-<pid>, locked while this worker lives
+  int scratch_lock_fd_ = -1;
 };
 
 }  // namespace quantd::worker
