@@ -100,8 +100,11 @@ cmd_demo() {
     --wait --out "$out/weight_quant_8bit"
   "${quantctl[@]}" submit --model "$ROOT/models/fashion_cnn.onnx" --config "$ROOT/configs/weight_quant_4bit.yaml" \
     --wait --out "$out/weight_quant_4bit"
+  # Mixed bits: init_scale tuned so the output keeps cosine >= 0.995.
+  "${quantctl[@]}" submit --model "$ROOT/models/fashion_cnn.onnx" --config "$ROOT/configs/mixed_bit_auto_tune.yaml" \
+    --calib "input=$work/calib" --wait --out "$out/mixed_bit_auto_tune"
   log "evaluating in ONNX Runtime on the 10,000 Fashion-MNIST test images"
-  for mode in full_quant weight_quant_8bit weight_quant_4bit; do
+  for mode in full_quant weight_quant_8bit weight_quant_4bit mixed_bit_auto_tune; do
     node "$ORT_PEER_DIR/ort_eval.js" eval --model "$out/$mode/model.onnx" \
       --reference "$ROOT/models/fashion_cnn.onnx" --count 10000 |
       /usr/bin/python3 -c '
@@ -109,7 +112,7 @@ import json, sys, os
 r = json.loads(sys.stdin.read().strip().splitlines()[-1])
 mode, ref, out = sys.argv[1], sys.argv[2], sys.argv[3]
 fp32, quantized = r["reference_accuracy"] * 100, r["accuracy"] * 100
-print(f"{mode:18s} fp32 top-1 {fp32:.2f}%  quantized top-1 {quantized:.2f}%  "
+print(f"{mode:20s} fp32 top-1 {fp32:.2f}%  quantized top-1 {quantized:.2f}%  "
       f"size {os.path.getsize(ref) / 1024:.0f} KiB -> {os.path.getsize(out) / 1024:.0f} KiB")
 ' "$mode" "$ROOT/models/fashion_cnn.onnx" "$out/$mode/model.onnx"
   done
