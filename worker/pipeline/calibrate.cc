@@ -1,14 +1,15 @@
 #include "worker/pipeline/calibrate.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <future>
 #include <memory>
 #include <set>
+#include <span>
 
 #include "worker/calib/dataset.h"
 #include "worker/calib/observer.h"
+#include "worker/report/tensor_stats.h"
 #include "worker/runtime/executor.h"
 
 namespace quantd::pipeline {
@@ -189,18 +190,6 @@ std::set<std::string> ConvOutputsToKeep(const onnx::ModelProto& model, const Cal
   return keep;
 }
 
-double Cosine(const float* a, const float* b, int64_t n) {
-  double dot = 0, norm_a = 0, norm_b = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    dot += static_cast<double>(a[i]) * b[i];
-    norm_a += static_cast<double>(a[i]) * a[i];
-    norm_b += static_cast<double>(b[i]) * b[i];
-  }
-  if (norm_a == 0 && norm_b == 0) return 1;
-  if (norm_a == 0 || norm_b == 0) return 0;
-  return dot / (std::sqrt(norm_a) * std::sqrt(norm_b));
-}
-
 }  // namespace
 
 StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, const onnx::ModelProto& candidate) {
@@ -232,8 +221,9 @@ StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, cons
       const int64_t rows = reference.rank() > 0 && reference.dim(0) == batch ? batch : 1;
       const int64_t row_size = rows > 0 ? reference.size() / rows : 0;
       for (int64_t r = 0; r < rows; ++r) {
-        const double cosine =
-            Cosine(reference.data<float>() + r * row_size, it->second.data<float>() + r * row_size, row_size);
+        const double cosine = report::CosineSimilarity(
+            std::span<const float>(reference.data<float>() + r * row_size, static_cast<size_t>(row_size)),
+            std::span<const float>(it->second.data<float>() + r * row_size, static_cast<size_t>(row_size)));
         cosine_sum += cosine;
         agreement.min_cosine = std::min(agreement.min_cosine, cosine);
         ++compared;
