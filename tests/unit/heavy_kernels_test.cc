@@ -128,7 +128,7 @@ StatusOr<std::vector<Tensor>> RunKernel(const onnx::NodeProto& node, const std::
                                         const RunOptions& options = {}) {
   const KernelFactory* factory = Registry().Find(node.domain(), node.op_type(), options.opset);
   if (factory == nullptr) return NotFound("TEST", "no kernel for " + node.op_type());
-  KernelInit init{node, options.opset, NodeAttributes(node), {}, {}};
+  KernelInit init{node, options.opset, NodeAttributes(node), {}};
   for (int i : options.constant) init.constant_inputs[i] = &inputs[static_cast<size_t>(i)];
   QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<Kernel> kernel, (*factory)(init));
   std::vector<const Tensor*> in;
@@ -522,7 +522,7 @@ TEST(HeavyKernelsConv, ConcurrentComputeOnOneKernel) {
   const Tensor w = Random({16, 8, 3, 3}, 801);
   const Tensor b = Random({16}, 802);
   const onnx::NodeProto node = ConvNode(p, 3).node();
-  KernelInit init{node, 13, NodeAttributes(node), {{1, &w}, {2, &b}}, {}};
+  KernelInit init{node, 13, NodeAttributes(node), {{1, &w}, {2, &b}}};
   auto kernel = (*Registry().Find("", "Conv", 13))(init);
   ASSERT_TRUE(kernel.ok());
   std::vector<std::thread> threads;

@@ -4,7 +4,6 @@
 #include <exception>
 #include <unordered_map>
 
-#include <onnx/shape_inference/implementation.h>
 
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/tensor_util.h"
@@ -19,11 +18,6 @@ namespace {
 // larger than what they are computed from (Expand, Tile, ConstantOfShape)
 // are recomputed per run instead.
 constexpr size_t kMaxFoldGrowthBytes = 64u << 20;
-
-// Initializers above this many elements lose their payload in the copy
-// handed to ONNX shape inference, which only reads small ones (shapes,
-// axes) as data.
-constexpr int64_t kShapeInferenceMaxElements = 4096;
 
 std::string NodeLabel(const onnx::NodeProto& node) {
   return "node '" + node.name() + "' (" + node.op_type() + ")";
@@ -72,53 +66,6 @@ std::string ActualText(const Tensor& t) { return ToString(t.dtype()) + " " + Sha
 Status BadInput(const std::string& message) { return InvalidArgument("RUNTIME_BAD_INPUT", message); }
 Status BadModel(const std::string& message) { return InvalidArgument("MODEL_INVALID", message); }
 
-// Static shapes from the model's own value_info plus ONNX shape inference,
-// best effort: models at opsets the installed ONNX does not know, or with
-// ops it cannot infer, simply yield fewer shapes.
-std::unordered_map<std::string, Shape> StaticShapes(const onnx::ModelProto& model) {
-  std::unordered_map<std::string, Shape> shapes;
-  auto note = [&](const onnx::ValueInfoProto& v) {
-    TensorInfo info = InfoFromValue(v);
-    if (!info.has_shape) return;
-    for (int64_t d : info.shape) {
-      if (d < 0) return;
-    }
-    shapes.emplace(info.name, info.shape);
-  };
-  const auto& graph = model.graph();
-  for (const auto& v : graph.value_info()) note(v);
-
-  onnx::GraphProto copy;
-  *copy.mutable_node() = graph.node();
-  *copy.mutable_input() = graph.input();
-  *copy.mutable_output() = graph.output();
-  *copy.mutable_value_info() = graph.value_info();
-  for (const auto& init : graph.initializer()) {
-    auto* t = copy.add_initializer();
-    auto count = ElementCount(init);
-    if (count && *count <= kShapeInferenceMaxElements) {
-      *t = init;
-    } else {
-      t->set_name(init.name());
-      t->set_data_type(init.data_type());
-      *t->mutable_dims() = init.dims();
-    }
-  }
-  std::unordered_map<std::string, int> opsets;
-  for (const auto& op : model.opset_import()) {
-    opsets[op.domain() == "ai.onnx" ? std::string() : op.domain()] = static_cast<int>(op.version());
-  }
-  try {
-    onnx::ShapeInferenceOptions options;
-    options.error_mode = 0;
-    onnx::shape_inference::InferShapes(&copy, opsets, onnx::OpSchemaRegistry::Instance(), options);
-  } catch (const std::exception&) {
-    return shapes;
-  }
-  for (const auto& v : copy.value_info()) note(v);
-  for (const auto& v : copy.output()) note(v);
-  return shapes;
-}
 
 }  // namespace
 
@@ -259,7 +206,6 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
     if (!defined.count(v.name())) return BadModel("graph output '" + v.name() + "' is never defined");
   }
 
-  auto static_shapes = StaticShapes(model);
 
   // Where each run slot is read for the last time, as a step position.
   std::vector<int> last_read;
@@ -277,7 +223,7 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
     for (const auto& name : node.input()) step.input_slots.push_back(name.empty() ? -1 : SlotOf(name));
     for (const auto& name : node.output()) step.output_slots.push_back(name.empty() ? -1 : SlotOf(name));
 
-    KernelInit init{node, opset_of(node.domain()), NodeAttributes(node), {}, {}};
+    KernelInit init{node, opset_of(node.domain()), NodeAttributes(node), {}};
     bool all_constant = true;
     for (size_t i = 0; i < step.input_slots.size(); ++i) {
       int slot = step.input_slots[i];
@@ -285,11 +231,8 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
       if (slot_kind_[static_cast<size_t>(slot)] == SlotKind::kConstant) {
         const Tensor& value = constants_[static_cast<size_t>(slot)];
         init.constant_inputs.emplace(static_cast<int>(i), &value);
-        init.known_input_shapes.emplace(static_cast<int>(i), value.shape());
       } else {
         all_constant = false;
-        auto it = static_shapes.find(node.input(static_cast<int>(i)));
-        if (it != static_shapes.end()) init.known_input_shapes.emplace(static_cast<int>(i), it->second);
       }
     }
     const KernelFactory* factory = registry.Find(node.domain(), node.op_type(), init.opset);

@@ -57,8 +57,6 @@ struct KernelInit {
   NodeAttributes attributes;
   // Index -> value for inputs that are initializers; absent otherwise.
   std::map<int, const Tensor*> constant_inputs;
-  // Static shapes of inputs where shape inference knows them (may be empty).
-  std::map<int, Shape> known_input_shapes;
 };
 
 class KernelContext {
