@@ -43,7 +43,9 @@ StatusOr<std::filesystem::path> SafeRelativePath(const std::string& name, int ma
     if (text.empty() || text == ".") continue;
     if (text == "..") return Unsafe(name, "climbs out of the archive with '..'");
     clean /= part;
-    if (++depth > max_depth) return Unsafe(name, "is nested deeper than " + std::to_string(max_depth) + " folders");
+    if (++depth > max_depth)
+      return Unsafe(name,
+                    "is nested deeper than " + std::to_string(max_depth) + " folders (limits.max_archive_path_depth)");
   }
   if (clean.empty()) return Unsafe(name, "names no file");
   return clean;
@@ -63,7 +65,8 @@ Status ExtractInto(struct archive* reader, const std::filesystem::path& destinat
                                                     (archive_error_string(reader) ? archive_error_string(reader) : "?"));
     }
     if (++entries > limits.max_entries) {
-      return OverLimit("archive has more than " + std::to_string(limits.max_entries) + " entries");
+      return OverLimit("archive has more than " + std::to_string(limits.max_entries) +
+                       " entries (limits.max_archive_entries)");
     }
     const char* raw_name = archive_entry_pathname(entry);
     std::string name = raw_name ? raw_name : "";
@@ -83,7 +86,8 @@ Status ExtractInto(struct archive* reader, const std::filesystem::path& destinat
     if (!seen.insert(relative.string()).second) return Unsafe(name, "appears twice");
     if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > limits.max_entry_bytes) {
       return OverLimit("archive entry '" + name + "' is " + std::to_string(archive_entry_size(entry)) +
-                       " bytes; the limit is " + std::to_string(limits.max_entry_bytes));
+                       " bytes; the limit is " + std::to_string(limits.max_entry_bytes) +
+                       " (limits.max_archive_entry_bytes)");
     }
     std::error_code ec;
     std::filesystem::create_directories(target.parent_path(), ec);
@@ -103,12 +107,15 @@ Status ExtractInto(struct archive* reader, const std::filesystem::path& destinat
       entry_bytes += n;
       result.bytes += n;
       if (entry_bytes > limits.max_entry_bytes) {
-        status = OverLimit("archive entry '" + name + "' exceeds " + std::to_string(limits.max_entry_bytes) + " bytes");
+        status = OverLimit("archive entry '" + name + "' exceeds " + std::to_string(limits.max_entry_bytes) +
+                           " bytes (limits.max_archive_entry_bytes)");
       } else if (result.bytes > limits.max_total_bytes) {
-        status = OverLimit("archive expands past " + std::to_string(limits.max_total_bytes) + " bytes");
+        status = OverLimit("archive expands past " + std::to_string(limits.max_total_bytes) +
+                           " bytes (limits.max_archive_total_bytes)");
       } else if (static_cast<double>(result.bytes) > limits.max_compression_ratio * static_cast<double>(std::max<int64_t>(archive_bytes, 1024))) {
-        status = OverLimit("archive expands more than " + std::to_string(static_cast<int>(limits.max_compression_ratio)) +
-                           "x its size (a compression bomb?)");
+        status =
+            OverLimit("archive expands more than " + std::to_string(static_cast<int>(limits.max_compression_ratio)) +
+                      "x its size (limits.max_compression_ratio; a compression bomb?)");
       } else if (::write(fd, buffer.data(), static_cast<size_t>(n)) != n) {
         status = Internal("IO_ERROR", "cannot write " + target.string() + ": " + std::strerror(errno));
       }
@@ -129,7 +136,7 @@ StatusOr<ExtractedArchive> ExtractArchive(const std::filesystem::path& archive, 
   if (ec) return NotFound("ARCHIVE_NOT_FOUND", "cannot read archive " + archive.string() + ": " + ec.message());
   if (archive_bytes > limits.max_archive_bytes) {
     return OverLimit("archive is " + std::to_string(archive_bytes) + " bytes; the limit is " +
-                     std::to_string(limits.max_archive_bytes));
+                     std::to_string(limits.max_archive_bytes) + " (limits.max_archive_bytes)");
   }
   std::unique_ptr<struct archive, ReadArchiveDeleter> reader(archive_read_new());
   archive_read_support_filter_gzip(reader.get());

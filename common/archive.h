@@ -6,19 +6,10 @@
 #include <cstdint>
 #include <filesystem>
 
+#include "common/input_limits.h"
 #include "common/status.h"
 
 namespace quantd {
-
-struct ArchiveLimits {
-  int64_t max_archive_bytes = int64_t{4} << 30;
-  int64_t max_entries = 200000;
-  int64_t max_entry_bytes = int64_t{1} << 30;
-  int64_t max_total_bytes = int64_t{16} << 30;
-  // Extracted bytes per archive byte; zip bombs reach thousands.
-  double max_compression_ratio = 100.0;
-  int max_path_depth = 8;
-};
 
 struct ExtractedArchive {
   int64_t files = 0;

@@ -188,6 +188,52 @@ Status LoadServerConfigFile(const std::filesystem::path& file, ServerConfig& con
       return Status::Ok();
     };
   };
+  auto ratio_setter = [](double& field, double min, double max) -> Setter {
+    return [&field, min, max](const YAML::Node& node, const std::string& key) {
+      double value;
+      try {
+        value = node.as<double>();
+      } catch (const YAML::Exception&) {
+        return WrongType(key, "a number");
+      }
+      if (!(value >= min && value <= max)) {
+        return InvalidArgument("SERVER_CONFIG_OUT_OF_RANGE", "quantd.yaml: " + key + " = " + node.as<std::string>() +
+                                                                 " is outside " + std::to_string(min) + ".." +
+                                                                 std::to_string(max));
+      }
+      field = value;
+      return Status::Ok();
+    };
+  };
+  auto apply = [](const YAML::Node& map, const std::map<std::string, Setter>& setters,
+                  const std::string& prefix) -> Status {
+    for (const auto& entry : map) {
+      auto key = prefix + entry.first.as<std::string>();
+      auto setter = setters.find(entry.first.as<std::string>());
+      if (setter == setters.end()) {
+        std::string known;
+        for (const auto& [name, unused] : setters) known += (known.empty() ? "" : ", ") + prefix + name;
+        return InvalidArgument("SERVER_CONFIG_UNKNOWN_KEY", "quantd.yaml: unknown key '" + key + "'; known: " + known);
+      }
+      QUANTD_RETURN_IF_ERROR(setter->second(entry.second, key));
+    }
+    return Status::Ok();
+  };
+  constexpr int64_t kTebibyte = int64_t{1} << 40;
+  auto& input = config.input_limits;
+  const std::map<std::string, Setter> limit_setters = {
+      {"max_model_bytes", int_setter(input.model.max_model_bytes, 1, kTebibyte)},
+      {"max_graph_nodes", int_setter(input.model.max_nodes, 1, int64_t{1} << 31)},
+      {"max_graph_depth", int_setter(input.model.max_graph_depth, 1, 64)},
+      {"max_tensor_elements", int_setter(input.model.max_tensor_elements, 1, kTebibyte)},
+      {"max_archive_bytes", int_setter(input.archive.max_archive_bytes, 1, kTebibyte)},
+      {"max_archive_entries", int_setter(input.archive.max_entries, 1, int64_t{1} << 31)},
+      {"max_archive_entry_bytes", int_setter(input.archive.max_entry_bytes, 1, kTebibyte)},
+      {"max_archive_total_bytes", int_setter(input.archive.max_total_bytes, 1, kTebibyte)},
+      {"max_compression_ratio", ratio_setter(input.archive.max_compression_ratio, 1.0, 1e6)},
+      {"max_archive_path_depth", int_setter(input.archive.max_path_depth, 1, 64)},
+      {"max_image_pixels", int_setter(input.image.max_pixels, 1, kTebibyte)},
+  };
   int64_t lease_ttl_seconds = config.lease_ttl_ms / 1000;
   int64_t job_memory_limit_mb = config.job_memory_limit_bytes >> 20;
   int64_t max_job_memory_limit_mb = config.max_job_memory_limit_bytes >> 20;
@@ -222,17 +268,14 @@ Status LoadServerConfigFile(const std::filesystem::path& file, ServerConfig& con
       {"max_job_memory_limit_mb", int_setter(max_job_memory_limit_mb, 0, int64_t{1} << 24)},
       {"job_time_limit_seconds", int_setter(config.job_time_limit_seconds, 0, 7 * 86400)},
       {"max_job_time_limit_seconds", int_setter(config.max_job_time_limit_seconds, 0, 7 * 86400)},
+      {"limits",
+       [&](const YAML::Node& node, const std::string& key) {
+         if (node.IsNull()) return Status::Ok();
+         if (!node.IsMap()) return WrongType(key, "a mapping of limit names to values");
+         return apply(node, limit_setters, key + ".");
+       }},
   };
-  for (const auto& entry : root) {
-    auto key = entry.first.as<std::string>();
-    auto setter = setters.find(key);
-    if (setter == setters.end()) {
-      std::string known;
-      for (const auto& [name, unused] : setters) known += (known.empty() ? "" : ", ") + name;
-      return InvalidArgument("SERVER_CONFIG_UNKNOWN_KEY", "quantd.yaml: unknown key '" + key + "'; known: " + known);
-    }
-    QUANTD_RETURN_IF_ERROR(setter->second(entry.second, key));
-  }
+  QUANTD_RETURN_IF_ERROR(apply(root, setters, ""));
   if (log_format != "json" && log_format != "text") {
     return InvalidArgument("SERVER_CONFIG_OUT_OF_RANGE", "quantd.yaml: log_format must be text or json");
   }

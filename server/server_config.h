@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/input_limits.h"
 #include "common/status.h"
 
 namespace quantd::server {
@@ -64,6 +65,10 @@ struct ServerConfig {
   int64_t max_job_memory_limit_bytes = 0;
   int job_time_limit_seconds = 0;
   int max_job_time_limit_seconds = 0;
+
+  // Untrusted input (quantd.yaml `limits`): the server refuses blobs over the
+  // size limits at submit, and hands all of them to the worker with each job.
+  InputLimits input_limits;
 
   bool auth_enabled() const { return !tenant_tokens.empty(); }
   bool tls_enabled() const { return !tls_cert.empty(); }

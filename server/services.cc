@@ -7,6 +7,7 @@
 
 #include "common/config/quant_config.h"
 #include "common/ids.h"
+#include "common/input_limits_proto.h"
 #include "common/log.h"
 #include "common/rpc_status.h"
 #include "common/sha256.h"
@@ -148,6 +149,14 @@ grpc::Status QuantServiceImpl::SubmitJob(grpc::ServerContext* context, const v1:
     return Fail(NotFound("MODEL_BLOB_MISSING", "model blob '" + request->model_sha256().substr(0, 80) +
                                                    "' has not been uploaded (or not completely)"));
   }
+  const auto& input_limits = ctx_.config.input_limits;
+  if (auto model_bytes = ctx_.blobs.Progress(request->model_sha256(), tenant).committed_bytes;
+      model_bytes > input_limits.model.max_model_bytes) {
+    return Fail(ResourceExhausted("MODEL_TOO_LARGE", "model blob is " + std::to_string(model_bytes) +
+                                                         " bytes; the limit is " +
+                                                         std::to_string(input_limits.model.max_model_bytes) +
+                                                         " (quantd.yaml limits.max_model_bytes)"));
+  }
   config::ValidationContext validation;
   validation.calibration_supplied_separately = request->calibration_size() > 0;
   auto parsed = config::ParseQuantConfig(request->config_text(), validation);
@@ -162,6 +171,14 @@ grpc::Status QuantServiceImpl::SubmitJob(grpc::ServerContext* context, const v1:
       if (!ctx_.blobs.VisibleTo(calibration.archive_sha256(), tenant)) {
         return Fail(NotFound("CALIBRATION_BLOB_MISSING",
                              "calibration archive for input '" + calibration.input_name() + "' has not been uploaded"));
+      }
+      auto archive_bytes = ctx_.blobs.Progress(calibration.archive_sha256(), tenant).committed_bytes;
+      if (archive_bytes > input_limits.archive.max_archive_bytes) {
+        return Fail(ResourceExhausted("ARCHIVE_LIMIT_EXCEEDED",
+                                      "calibration archive for input '" + calibration.input_name() + "' is " +
+                                          std::to_string(archive_bytes) + " bytes; the limit is " +
+                                          std::to_string(input_limits.archive.max_archive_bytes) +
+                                          " (quantd.yaml limits.max_archive_bytes)"));
       }
     } else if (calibration.has_server_path()) {
       if (auto status = ValidateServerPath(ctx_.config, calibration.server_path()); !status.ok()) return Fail(status);
@@ -350,6 +367,7 @@ grpc::Status WorkerServiceImpl::LeaseJob(grpc::ServerContext* context, const v1:
         *response->mutable_job() = (*leased)->job;
         response->set_lease_id((*leased)->lease_id);
         response->set_lease_ttl_ms(ctx_.config.lease_ttl_ms);
+        *response->mutable_input_limits() = InputLimitsToProto(ctx_.config.input_limits);
         ctx_.hub.Notify();
         LogInfo("job " + (*leased)->job.id() + " leased to " + request->worker_id());
         return grpc::Status::OK;

@@ -61,7 +61,7 @@ TEST_F(CalibDatasetTest, ImagePreprocessingMatchesOpenCvReferenceInBothLayouts) 
   param.normalize_std = {58.395, 57.12, 57.375};
   for (bool nhwc : {false, true}) {
     InputSpec spec{"image", DataType::kFloat, nhwc ? runtime::Shape{-1, 200, 224, 3} : runtime::Shape{-1, 3, 200, 224}};
-    auto dataset = CalibrationDataset::Open(param, {{"image", folder.string()}}, {spec});
+    auto dataset = CalibrationDataset::Open(param, {{"image", folder.string()}}, {spec}, ImageLimits{});
     ASSERT_TRUE(dataset.ok()) << dataset.status().message();
     ASSERT_EQ(dataset->size(), photos.size());
     std::vector<std::string> sorted = photos;
@@ -97,7 +97,7 @@ TEST_F(CalibDatasetTest, GrayConversionAndCalibrateSizeLimit) {
   param.resize_height = 28;
   param.calibrate_size = 2;
   InputSpec spec{"input", DataType::kFloat, {-1, 1, 28, 28}};
-  auto dataset = CalibrationDataset::Open(param, {{"input", folder.string()}}, {spec});
+  auto dataset = CalibrationDataset::Open(param, {{"input", folder.string()}}, {spec}, ImageLimits{});
   ASSERT_TRUE(dataset.ok()) << dataset.status().message();
   EXPECT_EQ(dataset->size(), 2u);
   auto sample = dataset->Load(0);
@@ -114,7 +114,7 @@ TEST_F(CalibDatasetTest, CountMismatchNamesBothFolders) {
   config::DataPreprocessParam param;
   param.input_type = config::InputType::kImage;
   std::vector<InputSpec> inputs = {{"x", DataType::kFloat, {-1, 3, -1, -1}}, {"y", DataType::kFloat, {-1, 3, -1, -1}}};
-  auto dataset = CalibrationDataset::Open(param, {{"x", a.string()}, {"y", b.string()}}, inputs);
+  auto dataset = CalibrationDataset::Open(param, {{"x", a.string()}, {"y", b.string()}}, inputs, ImageLimits{});
   ASSERT_FALSE(dataset.ok());
   EXPECT_EQ(dataset.status().reason(), "CALIBRATION_COUNT_MISMATCH");
   EXPECT_NE(dataset.status().message().find(a.string()), std::string::npos) << dataset.status().message();
@@ -128,7 +128,7 @@ TEST_F(CalibDatasetTest, UnreadableImageAndWrongSizeFailWithClearReasons) {
   config::DataPreprocessParam param;
   param.input_type = config::InputType::kImage;
   InputSpec spec{"input", DataType::kFloat, {-1, 1, 28, 28}};
-  auto dataset = CalibrationDataset::Open(param, {{"input", folder.string()}}, {spec});
+  auto dataset = CalibrationDataset::Open(param, {{"input", folder.string()}}, {spec}, ImageLimits{});
   ASSERT_TRUE(dataset.ok());
   auto sample = dataset->Load(0);
   EXPECT_EQ(sample.status().reason(), "CALIBRATION_IMAGE_UNREADABLE");
@@ -136,7 +136,7 @@ TEST_F(CalibDatasetTest, UnreadableImageAndWrongSizeFailWithClearReasons) {
 
   auto big = Folder("big", {"baboon.jpg"});
   param.image_to_format = config::ImageFormat::kGray;
-  auto wrong = CalibrationDataset::Open(param, {{"input", big.string()}}, {spec});
+  auto wrong = CalibrationDataset::Open(param, {{"input", big.string()}}, {spec}, ImageLimits{});
   auto loaded = wrong->Load(0);
   EXPECT_EQ(loaded.status().reason(), "CALIBRATION_SIZE_MISMATCH");
   EXPECT_NE(loaded.status().message().find("resize_width"), std::string::npos) << loaded.status().message();
@@ -151,7 +151,7 @@ TEST_F(CalibDatasetTest, BinMustMatchTheInputByteSizeAndNpyRoundTrips) {
   config::DataPreprocessParam param;
   param.input_type = config::InputType::kBin;
   InputSpec spec{"x", DataType::kFloat, {-1, 2, 3}};
-  auto dataset = CalibrationDataset::Open(param, {{"x", folder.string()}}, {spec});
+  auto dataset = CalibrationDataset::Open(param, {{"x", folder.string()}}, {spec}, ImageLimits{});
   ASSERT_TRUE(dataset.ok());
   auto good = dataset->Load(0);
   ASSERT_TRUE(good.ok());

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -281,6 +282,38 @@ TEST(ParseModelBytes, RejectsInitializerSizeMismatch) {
     m.mutable_graph()->mutable_initializer(4)->set_raw_data(std::string(5, '\0'));
     EXPECT_EQ(ParseModelBytes(Bytes(m), ModelLimits{}).status().reason(), "MODEL_INVALID");
   }
+}
+
+// Dims are the attacker's claim; the bytes present are the fact. A tensor
+// declaring 2^32 floats backed by a few bytes is refused from the counts
+// alone, whichever field holds (or fails to hold) its data.
+TEST(ParseModelBytes, DeclaredElementsMustMatchTheDataPresent) {
+  auto with_huge_dims = [](const std::function<void(TensorProto*)>& fill) {
+    ModelProto m = ConvNet();
+    auto* t = m.mutable_graph()->add_initializer();
+    t->set_name("huge");
+    t->set_data_type(onnx_type::kFloat);
+    t->add_dims(65536);
+    t->add_dims(65536);
+    fill(t);
+    return ParseModelBytes(Bytes(m), ModelLimits{});
+  };
+  auto raw = with_huge_dims([](TensorProto* t) { t->set_raw_data(std::string(16, '\0')); });
+  EXPECT_EQ(raw.status().reason(), "MODEL_INVALID");
+  EXPECT_NE(raw.status().message().find("need 17179869184"), std::string::npos) << raw.status().message();
+  auto typed = with_huge_dims([](TensorProto* t) {
+    for (int i = 0; i < 4; ++i) t->add_float_data(1.0f);
+  });
+  EXPECT_EQ(typed.status().reason(), "MODEL_INVALID");
+  EXPECT_NE(typed.status().message().find("float_data"), std::string::npos) << typed.status().message();
+  auto empty = with_huge_dims([](TensorProto*) {});
+  EXPECT_EQ(empty.status().reason(), "MODEL_INVALID") << empty.status().message();
+
+  ModelLimits small;
+  small.max_tensor_elements = 100;
+  auto over = ParseModelBytes(Bytes(ConvNet()), small);
+  EXPECT_EQ(over.status().reason(), "MODEL_TOO_LARGE");
+  EXPECT_NE(over.status().message().find("limits.max_tensor_elements"), std::string::npos) << over.status().message();
 }
 
 TEST(ParseModelBytes, RejectsDanglingInput) {

@@ -14,6 +14,7 @@
 
 #include "common/archive.h"
 #include "common/ids.h"
+#include "common/input_limits_proto.h"
 #include "common/log.h"
 #include "common/rpc_status.h"
 #include "common/sha256.h"
@@ -248,6 +249,9 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
     request.config_text = job.config_text();
     request.out_dir = work_dir / "out";
     request.debug_report_in_out_dir = true;
+    const InputLimits input_limits = InputLimitsFromProto(lease.input_limits());
+    request.model_limits = input_limits.model;
+    request.image_limits = input_limits.image;
     events.OnProgress("fetch", 0.0);
     if (auto status = FetchBlobToFile(*stub_, lease, job.model_sha256(), request.model_path); !status.ok()) {
       return finish(status);
@@ -262,7 +266,7 @@ void WorkerAgent::RunJob(const v1::LeaseJobResponse& lease) {
         return finish(status);
       }
       auto folder = work_dir / "calibration" / std::to_string(request.calibration.size());
-      auto extracted = ExtractArchive(archive, folder, ArchiveLimits{});
+      auto extracted = ExtractArchive(archive, folder, input_limits.archive);
       if (!extracted.ok()) {
         return finish(
             extracted.status().WithContext("calibration archive for input '" + calibration.input_name() + "'"));

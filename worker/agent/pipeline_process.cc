@@ -154,7 +154,17 @@ StatusOr<pipeline::PipelineResult> RunPipelineProcess(const pipeline::PipelineRe
                                    "--memory-limit",
                                    std::to_string(limits.memory_bytes),
                                    "--debug-report-in-out-dir",
-                                   request.debug_report_in_out_dir ? "1" : "0"};
+                                   request.debug_report_in_out_dir ? "1" : "0",
+                                   "--max-model-bytes",
+                                   std::to_string(request.model_limits.max_model_bytes),
+                                   "--max-graph-nodes",
+                                   std::to_string(request.model_limits.max_nodes),
+                                   "--max-graph-depth",
+                                   std::to_string(request.model_limits.max_graph_depth),
+                                   "--max-tensor-elements",
+                                   std::to_string(request.model_limits.max_tensor_elements),
+                                   "--max-image-pixels",
+                                   std::to_string(request.image_limits.max_pixels)};
   for (const auto& folder : request.calibration) {
     args.push_back("--calib");
     args.push_back(folder.input_name + "=" + folder.dir.string());
@@ -295,6 +305,16 @@ int PipelineProcessMain(int argc, char** argv) {
       memory_limit = std::atoll(value.c_str());
     } else if (flag == "--debug-report-in-out-dir") {
       request.debug_report_in_out_dir = value == "1";
+    } else if (flag == "--max-model-bytes") {
+      request.model_limits.max_model_bytes = std::atoll(value.c_str());
+    } else if (flag == "--max-graph-nodes") {
+      request.model_limits.max_nodes = std::atoll(value.c_str());
+    } else if (flag == "--max-graph-depth") {
+      request.model_limits.max_graph_depth = std::atoi(value.c_str());
+    } else if (flag == "--max-tensor-elements") {
+      request.model_limits.max_tensor_elements = std::atoll(value.c_str());
+    } else if (flag == "--max-image-pixels") {
+      request.image_limits.max_pixels = std::atoll(value.c_str());
     } else if (flag == "--calib") {
       auto eq = value.find('=');
       request.calibration.push_back({value.substr(0, eq), value.substr(eq + 1)});

@@ -13,7 +13,6 @@ namespace quantd::calib {
 namespace {
 
 constexpr int64_t kMaxSampleFileBytes = int64_t{256} << 20;
-constexpr int64_t kMaxImagePixels = int64_t{64} << 20;
 
 using runtime::DataType;
 using runtime::Shape;
@@ -53,9 +52,11 @@ ImageLayout GuessImageLayout(const Shape& shape) {
 
 StatusOr<CalibrationDataset> CalibrationDataset::Open(const config::DataPreprocessParam& param,
                                                       const std::vector<config::CalibrationSource>& folders,
-                                                      const std::vector<InputSpec>& inputs) {
+                                                      const std::vector<InputSpec>& inputs,
+                                                      const ImageLimits& image_limits) {
   CalibrationDataset dataset;
   dataset.param_ = param;
+  dataset.image_limits_ = image_limits;
   const auto& sources = folders.empty() ? param.calibrate_path : folders;
   if (sources.empty()) {
     return InvalidArgument("CALIBRATION_MISSING",
@@ -143,7 +144,8 @@ StatusOr<Tensor> CalibrationDataset::LoadImage(const InputFiles& input, const st
     return InvalidArgument("CALIBRATION_FILE_TOO_LARGE",
                            "calibration image " + file.filename().string() + " is too large");
   }
-  // Read the header first so a huge declared size is refused before decoding.
+  // OpenCV refuses declared sizes beyond OPENCV_IO_MAX_IMAGE_PIXELS (2^30)
+  // before decoding; the configured limit applies once the size is known.
   cv::Mat image;
   try {
     image = cv::imread(file.string(), cv::IMREAD_UNCHANGED);
@@ -156,9 +158,11 @@ StatusOr<Tensor> CalibrationDataset::LoadImage(const InputFiles& input, const st
         "CALIBRATION_IMAGE_UNREADABLE",
         "cannot decode calibration image " + file.filename().string() + " for input '" + spec.name + "'");
   }
-  if (static_cast<int64_t>(image.total()) > kMaxImagePixels) {
-    return InvalidArgument("CALIBRATION_IMAGE_TOO_LARGE", "image " + file.filename().string() + " has more than " +
-                                                              std::to_string(kMaxImagePixels) + " pixels");
+  if (static_cast<int64_t>(image.total()) > image_limits_.max_pixels) {
+    return InvalidArgument("CALIBRATION_IMAGE_TOO_LARGE",
+                           "image " + file.filename().string() + " is " + std::to_string(image.cols) + "x" +
+                               std::to_string(image.rows) + ", more than " + std::to_string(image_limits_.max_pixels) +
+                               " pixels (limits.max_image_pixels)");
   }
   if (image.depth() != CV_8U) {
     cv::Mat converted;

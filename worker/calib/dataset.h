@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/config/quant_config.h"
+#include "common/input_limits.h"
 #include "common/status.h"
 #include "worker/runtime/tensor.h"
 
@@ -34,10 +35,11 @@ class CalibrationDataset {
  public:
   // Lists and pairs the files of every input (sorted by file name) and
   // checks counts; nothing is decoded yet. `folders` replace calibrate_path
-  // when not empty (the service extracts uploaded archives there).
+  // when not empty (the service extracts uploaded archives there). Images
+  // beyond `image_limits` are refused when their sample is loaded.
   static StatusOr<CalibrationDataset> Open(const config::DataPreprocessParam& param,
                                            const std::vector<config::CalibrationSource>& folders,
-                                           const std::vector<InputSpec>& inputs);
+                                           const std::vector<InputSpec>& inputs, const ImageLimits& image_limits);
 
   size_t size() const { return count_; }
   // Decodes and preprocesses sample `index` (batch 1) for every input.
@@ -54,6 +56,7 @@ class CalibrationDataset {
   StatusOr<runtime::Tensor> LoadNpy(const InputFiles& input, const std::filesystem::path& file) const;
 
   config::DataPreprocessParam param_;
+  ImageLimits image_limits_;
   std::vector<InputFiles> inputs_;
   size_t count_ = 0;
 };

@@ -222,7 +222,7 @@ Status LoadExternalData(onnx::TensorProto& tensor, ExternalDataSource& src,
   const auto count = ElementCount(tensor, limits.max_tensor_elements);
   if (!count) {
     return TooLarge("tensor " + Quote(tensor.name()) + " has invalid dims or more than " +
-                    std::to_string(limits.max_tensor_elements) + " elements");
+                    std::to_string(limits.max_tensor_elements) + " elements (limits.max_tensor_elements)");
   }
   const auto expected = RawByteSize(tensor.data_type(), *count);
   if (!expected) {
@@ -236,7 +236,7 @@ Status LoadExternalData(onnx::TensorProto& tensor, ExternalDataSource& src,
   }
   if (length > src.budget) {
     return TooLarge("model and external data exceed " + std::to_string(limits.max_model_bytes) +
-                    " bytes (at tensor " + Quote(tensor.name()) + ")");
+                    " bytes (limits.max_model_bytes; at tensor " + Quote(tensor.name()) + ")");
   }
   src.budget -= length;
 
@@ -311,7 +311,7 @@ Status CheckTensor(onnx::TensorProto& t, const std::string& what, ExternalDataSo
   const auto count = ElementCount(t, limits.max_tensor_elements);
   if (!count) {
     return TooLarge(what + " has dims " + DimsToString(DimsOf(t)) + ", more than " +
-                    std::to_string(limits.max_tensor_elements) + " elements");
+                    std::to_string(limits.max_tensor_elements) + " elements (limits.max_tensor_elements)");
   }
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     QUANTD_RETURN_IF_ERROR(LoadExternalData(t, src, limits));
@@ -347,11 +347,12 @@ using Scope = std::unordered_set<std::string>;
 Status CheckGraph(onnx::GraphProto& g, int depth, std::vector<const Scope*>& outer, Walk& w) {
   if (depth > w.limits.max_graph_depth) {
     return TooLarge("subgraphs nest " + std::to_string(depth) + " deep; the limit is " +
-                    std::to_string(w.limits.max_graph_depth));
+                    std::to_string(w.limits.max_graph_depth) + " (limits.max_graph_depth)");
   }
   w.nodes += g.node_size();
   if (w.nodes > w.limits.max_nodes) {
-    return TooLarge("the model has more than " + std::to_string(w.limits.max_nodes) + " nodes");
+    return TooLarge("the model has more than " + std::to_string(w.limits.max_nodes) +
+                    " nodes (limits.max_graph_nodes)");
   }
 
   Scope local;
@@ -500,7 +501,7 @@ StatusOr<onnx::ModelProto> LoadModel(const fs::path& file, const ModelLimits& li
   const int64_t size = st.st_size;
   if (size > limits.max_model_bytes || size > INT_MAX) {
     return TooLarge("model file is " + std::to_string(size) + " bytes; the limit is " +
-                    std::to_string(std::min<int64_t>(limits.max_model_bytes, INT_MAX)));
+                    std::to_string(std::min<int64_t>(limits.max_model_bytes, INT_MAX)) + " (limits.max_model_bytes)");
   }
   onnx::ModelProto model;
   {
@@ -524,7 +525,7 @@ StatusOr<onnx::ModelProto> ParseModelBytes(std::string_view bytes, const ModelLi
   const int64_t size = static_cast<int64_t>(bytes.size());
   if (size > limits.max_model_bytes || size > INT_MAX) {
     return TooLarge("model is " + std::to_string(size) + " bytes; the limit is " +
-                    std::to_string(std::min<int64_t>(limits.max_model_bytes, INT_MAX)));
+                    std::to_string(std::min<int64_t>(limits.max_model_bytes, INT_MAX)) + " (limits.max_model_bytes)");
   }
   onnx::ModelProto model;
   google::protobuf::io::ArrayInputStream in(bytes.data(), static_cast<int>(size));

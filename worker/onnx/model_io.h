@@ -16,24 +16,17 @@
 
 #include <onnx/onnx_pb.h>
 
+#include "common/input_limits.h"
 #include "common/status.h"
 
 namespace quantd {
-
-struct ModelLimits {
-  int64_t max_model_bytes = 2LL << 30;  // file plus all external data
-  int64_t max_nodes = 1'000'000;        // summed over all subgraphs
-  int max_graph_depth = 8;              // the main graph is depth 1
-  int64_t max_tensor_elements = 1LL << 32;
-};
 
 inline constexpr int kMinSupportedOpset = 7;
 inline constexpr int kMaxSupportedOpset = 21;
 
 // Parses and validates `file`. Tensors stored as external data are read into
 // raw_data, so the returned model is self-contained.
-StatusOr<onnx::ModelProto> LoadModel(const std::filesystem::path& file,
-                                     const ModelLimits& limits);
+StatusOr<onnx::ModelProto> LoadModel(const std::filesystem::path& file, const ModelLimits& limits);
 
 // Same checks for an in-memory model; external data is refused since there
 // is no folder it could be relative to.

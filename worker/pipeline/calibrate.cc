@@ -102,8 +102,8 @@ StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const ru
     // batch dimension open.
     batchable = batchable && input.has_shape && !input.shape.empty() && input.shape[0] < 0;
   }
-  QUANTD_ASSIGN_OR_RETURN(auto dataset,
-                          calib::CalibrationDataset::Open(request.config->preprocess, request.folders, specs));
+  QUANTD_ASSIGN_OR_RETURN(auto dataset, calib::CalibrationDataset::Open(request.config->preprocess, request.folders,
+                                                                        specs, request.image_limits));
   const size_t batch = batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
   return BatchedDataset{std::move(specs), std::move(dataset), batch};
 }

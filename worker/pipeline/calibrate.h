@@ -11,6 +11,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "common/config/quant_config.h"
+#include "common/input_limits.h"
 #include "common/status.h"
 #include "worker/quant/full_quant.h"
 
@@ -20,6 +21,7 @@ struct CalibrationRequest {
   const onnx::ModelProto* model = nullptr;
   const config::QuantConfig* config = nullptr;
   std::vector<config::CalibrationSource> folders;  // replace calibrate_path when set
+  ImageLimits image_limits;
   int num_threads = 1;
   int batch_size = 32;
   // Output tensors whose per-channel means are recorded (channel axis by

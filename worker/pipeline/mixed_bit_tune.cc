@@ -173,6 +173,7 @@ StatusOr<MixedBitOutcome> QuantizeMixedBit(const PipelineRequest& request, const
   CalibrationRequest calibration;
   for (const auto& folder : request.calibration)
     calibration.folders.push_back({folder.input_name, folder.dir.string()});
+  calibration.image_limits = request.image_limits;
   if (calibration.folders.empty() && config.preprocess.calibrate_path.empty()) {
     return InvalidArgument("CONFIG_MISSING_KEY",
                            "data_preprocess_param.calibrate_path: missing; mixed_bit_weight_quant_param.auto_tune "

@@ -165,6 +165,7 @@ StatusOr<nlohmann::json> RunDebugReport(const PipelineRequest& request, const co
                                                                                 : report::RoundFiles::kSingle;
   debug.preprocess = &config.preprocess;
   for (const auto& folder : request.calibration) debug.folders.push_back({folder.input_name, folder.dir.string()});
+  debug.image_limits = request.image_limits;
   debug.num_threads = request.num_threads;
   debug.out_dir = request.debug_report_in_out_dir ? request.out_dir / "debug_report"
                                                   : std::filesystem::path(config.common.debug_info_save_path);
@@ -227,6 +228,7 @@ StatusOr<nlohmann::json> RunFullQuant(const PipelineRequest& request, const conf
   for (const auto& folder : request.calibration) {
     calibration_request.folders.push_back({folder.input_name, folder.dir.string()});
   }
+  calibration_request.image_limits = request.image_limits;
   calibration_request.num_threads = request.num_threads;
   calibration_request.channel_mean_tensors = mean_tensors;
   CalibrationResult calibration;
@@ -319,7 +321,7 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
   int64_t input_bytes = 0;
   int input_opset = 0;
   QUANTD_RETURN_IF_ERROR(stages.Run("load", [&]() -> Status {
-    QUANTD_ASSIGN_OR_RETURN(model, LoadModel(request.model_path, ModelLimits{}));
+    QUANTD_ASSIGN_OR_RETURN(model, LoadModel(request.model_path, request.model_limits));
     QUANTD_ASSIGN_OR_RETURN(model_sha256, Sha256OfFile(request.model_path));
     input_bytes = static_cast<int64_t>(std::filesystem::file_size(request.model_path, ec));
     input_opset = DefaultOpset(model);
@@ -347,8 +349,8 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
                                                 " weights, skipped " + std::to_string(mixed.report.skipped.size()));
             mode_report = WeightReportJson(mixed.report);
             mode_report["mixed_bit"] = std::move(mixed.summary);
-            record = QuantizationRecord{report::NodesReadingDequantized(model),
-                                        report::WeightQuantParams(mixed.report)};
+            record =
+                QuantizationRecord{report::NodesReadingDequantized(model), report::WeightQuantParams(mixed.report)};
             storage_note = mixed.report.storage_note;
             return Status::Ok();
           }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/config/quant_config.h"
+#include "common/input_limits.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -29,6 +30,10 @@ struct PipelineRequest {
   // client's machine, so the debug report goes to out_dir/debug_report
   // instead and its files become artifacts.
   bool debug_report_in_out_dir = false;
+  // The model and images are untrusted input; the service passes the limits
+  // configured in quantd.yaml.
+  ModelLimits model_limits;
+  ImageLimits image_limits;
 };
 
 struct StageTiming {

@@ -433,7 +433,8 @@ Status ReportBuilder::RunRounds() {
   for (const auto& input : original_run->inputs()) {
     if (!input.optional) specs.push_back({input.name, input.dtype, input.shape});
   }
-  QUANTD_ASSIGN_OR_RETURN(auto dataset, calib::CalibrationDataset::Open(*request_.preprocess, folders, specs));
+  QUANTD_ASSIGN_OR_RETURN(auto dataset,
+                          calib::CalibrationDataset::Open(*request_.preprocess, folders, specs, request_.image_limits));
   const size_t total = dataset.size();
   output_summary_csv_ = std::string(kOutputSummaryHeader) + "\n";
   for (size_t round = 0; round < total; ++round) {

@@ -28,6 +28,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "common/config/quant_config.h"
+#include "common/input_limits.h"
 #include "common/status.h"
 #include "worker/quant/full_quant.h"
 #include "worker/quant/weight_quant.h"
@@ -59,6 +60,7 @@ struct DebugReportRequest {
   // Calibration samples; no folders (and no calibrate_path) means weights only.
   const config::DataPreprocessParam* preprocess = nullptr;
   std::vector<config::CalibrationSource> folders;
+  ImageLimits image_limits;
   int num_threads = 1;
   std::filesystem::path out_dir;
   // Also packs every file of out_dir into this tar (the service ships it).
