@@ -171,5 +171,41 @@ TEST_F(CalibDatasetTest, BinMustMatchTheInputByteSizeAndNpyRoundTrips) {
   EXPECT_EQ(ReadNpy(dir_ / "bad.npy", 1 << 20).status().reason(), "NPY_INVALID");
 }
 
+// The pixel limit applies to the size a header declares, before decoding:
+// a few bytes may promise a 100000 x 100000 image.
+TEST_F(CalibDatasetTest, DeclaredImageSizeIsCheckedBeforeDecoding) {
+  auto folder = dir_ / "declared";
+  std::filesystem::create_directories(folder);
+  // PNG signature and an IHDR chunk declaring 100000 x 100000, then nothing.
+  std::string png("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\x01\x86\xa0\0\x01\x86\xa0\x08\0\0\0\0", 29);
+  ASSERT_TRUE(WriteFileAtomic(folder / "huge.png", png).ok());
+  config::DataPreprocessParam param;
+  param.input_type = config::InputType::kImage;
+  InputSpec spec{"input", DataType::kFloat, {-1, 1, 28, 28}};
+  auto dataset = CalibrationDataset::Open(param, {{"input", folder.string()}}, {spec}, ImageLimits{});
+  ASSERT_TRUE(dataset.ok());
+  auto sample = dataset->Load(0);
+  EXPECT_EQ(sample.status().reason(), "CALIBRATION_IMAGE_TOO_LARGE");
+  EXPECT_NE(sample.status().message().find("100000x100000"), std::string::npos) << sample.status().message();
+
+  // Real JPEG (a marker walk to the frame header) and BMP headers are read
+  // the same way: a limit below their size refuses them by their declared
+  // dimensions.
+  const cv::Mat baboon = cv::imread((kPhotos / "baboon.jpg").string());
+  ASSERT_FALSE(baboon.empty());
+  auto photos = Folder("photos", {"baboon.jpg"});
+  ASSERT_TRUE(cv::imwrite((photos / "copy.bmp").string(), baboon));
+  ImageLimits small;
+  small.max_pixels = 1000;
+  auto limited = CalibrationDataset::Open(param, {{"input", photos.string()}}, {spec}, small);
+  ASSERT_TRUE(limited.ok());
+  const std::string size = std::to_string(baboon.cols) + "x" + std::to_string(baboon.rows);
+  for (size_t i = 0; i < 2; ++i) {
+    auto refused = limited->Load(i);
+    EXPECT_EQ(refused.status().reason(), "CALIBRATION_IMAGE_TOO_LARGE");
+    EXPECT_NE(refused.status().message().find("declares " + size), std::string::npos) << refused.status().message();
+  }
+}
+
 }  // namespace
 }  // namespace quantd::calib

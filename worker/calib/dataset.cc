@@ -1,11 +1,15 @@
 #include "worker/calib/dataset.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <optional>
+#include <string_view>
+#include <utility>
 
 #include "common/files.h"
 
@@ -13,6 +17,58 @@ namespace quantd::calib {
 namespace {
 
 constexpr int64_t kMaxSampleFileBytes = int64_t{256} << 20;
+
+uint32_t BigEndian(std::string_view bytes, size_t at, int width) {
+  uint32_t value = 0;
+  for (int i = 0; i < width; ++i) value = (value << 8) | static_cast<uint8_t>(bytes[at + static_cast<size_t>(i)]);
+  return value;
+}
+
+uint32_t LittleEndian32(std::string_view bytes, size_t at) {
+  uint32_t value = 0;
+  for (int i = 3; i >= 0; --i) value = (value << 8) | static_cast<uint8_t>(bytes[at + static_cast<size_t>(i)]);
+  return value;
+}
+
+// Width and height an encoded PNG, JPEG or BMP declares in its header;
+// nullopt for other formats or a header too short to tell.
+std::optional<std::pair<int64_t, int64_t>> DeclaredImageSize(std::string_view bytes) {
+  if (bytes.size() >= 24 && bytes.substr(0, 8) == std::string_view("\x89PNG\r\n\x1a\n", 8) &&
+      bytes.substr(12, 4) == "IHDR") {
+    return std::make_pair(int64_t{BigEndian(bytes, 16, 4)}, int64_t{BigEndian(bytes, 20, 4)});
+  }
+  if (bytes.size() >= 26 && bytes.substr(0, 2) == "BM") {
+    const auto width = static_cast<int32_t>(LittleEndian32(bytes, 18));
+    const auto height = static_cast<int32_t>(LittleEndian32(bytes, 22));  // negative: stored top-down
+    return std::make_pair(std::abs(int64_t{width}), std::abs(int64_t{height}));
+  }
+  if (bytes.size() >= 4 && static_cast<uint8_t>(bytes[0]) == 0xFF && static_cast<uint8_t>(bytes[1]) == 0xD8) {
+    // Walk the marker segments up to the first start-of-frame.
+    size_t at = 2;
+    while (at + 4 <= bytes.size()) {
+      if (static_cast<uint8_t>(bytes[at]) != 0xFF) return std::nullopt;
+      const uint8_t marker = static_cast<uint8_t>(bytes[at + 1]);
+      if (marker == 0xFF) {  // fill byte
+        ++at;
+        continue;
+      }
+      if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {  // no payload
+        at += 2;
+        continue;
+      }
+      const size_t length = BigEndian(bytes, at + 2, 2);
+      const bool start_of_frame =
+          marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (start_of_frame) {
+        if (at + 9 > bytes.size()) return std::nullopt;
+        return std::make_pair(int64_t{BigEndian(bytes, at + 7, 2)}, int64_t{BigEndian(bytes, at + 5, 2)});
+      }
+      if (length < 2) return std::nullopt;
+      at += 2 + length;
+    }
+  }
+  return std::nullopt;
+}
 
 using runtime::DataType;
 using runtime::Shape;
@@ -144,11 +200,22 @@ StatusOr<Tensor> CalibrationDataset::LoadImage(const InputFiles& input, const st
     return InvalidArgument("CALIBRATION_FILE_TOO_LARGE",
                            "calibration image " + file.filename().string() + " is too large");
   }
-  // OpenCV refuses declared sizes beyond OPENCV_IO_MAX_IMAGE_PIXELS (2^30)
-  // before decoding; the configured limit applies once the size is known.
+  QUANTD_ASSIGN_OR_RETURN(auto bytes, ReadFile(file, kMaxSampleFileBytes));
+  // The pixel limit is checked against the size the header declares, before
+  // anything is decoded: a small file may declare a huge image. Formats not
+  // recognised here are checked after decoding (OpenCV itself refuses more
+  // than 2^30 pixels up front).
+  if (auto declared = DeclaredImageSize(bytes);
+      declared && declared->first * declared->second > image_limits_.max_pixels) {
+    return InvalidArgument("CALIBRATION_IMAGE_TOO_LARGE",
+                           "image " + file.filename().string() + " declares " + std::to_string(declared->first) + "x" +
+                               std::to_string(declared->second) + ", more than " +
+                               std::to_string(image_limits_.max_pixels) + " pixels (limits.max_image_pixels)");
+  }
   cv::Mat image;
   try {
-    image = cv::imread(file.string(), cv::IMREAD_UNCHANGED);
+    const cv::Mat encoded(1, static_cast<int>(bytes.size()), CV_8U, bytes.data());
+    image = cv::imdecode(encoded, cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception& e) {
     return InvalidArgument("CALIBRATION_IMAGE_UNREADABLE",
                            "cannot decode image " + file.filename().string() + ": " + e.what());
