@@ -1485,7 +1485,7 @@ class DepthwiseFlatPlan final : public ConvPlan {
 struct DepthwiseMaskedArgs {
   int64_t h, w, out_h, out_w, sh, sw;
   int64_t phase_size;  // floats per phase plane; 0 when reading the input directly
-  int64_t vectors;     // output vectors per plane, a multiple of kMaskedGroup
+  int64_t vectors;     // output vectors per plane
   int64_t taps;
   int64_t offsets[kMaxDepthwiseTaps];
   const uint16_t* masks;  // [vectors][taps]: lanes with a real source pixel
@@ -1527,6 +1527,37 @@ __attribute__((target("avx512f"))) void StagePhasePlanes16(const DepthwiseMasked
   }
 }
 
+// kGroup output vectors from v0 on, independent accumulators so that the
+// tap loop is not one long chain of dependent multiply-adds.
+template <int kTaps, int kGroup>
+__attribute__((target("avx512f"), always_inline)) inline void DepthwiseMaskedBlock(const DepthwiseMaskedArgs& a,
+                                                                                   const float* src, const float* wc,
+                                                                                   __m512 b, __m512 lo, __m512 hi,
+                                                                                   float* yp, int64_t out_size,
+                                                                                   int64_t v0) {
+  const int64_t taps = kTaps > 0 ? kTaps : a.taps;
+  __m512 acc[kGroup];
+  for (int j = 0; j < kGroup; ++j) acc[j] = b;
+  const uint16_t* m = a.masks + v0 * taps;
+  for (int64_t t = 0; t < taps; ++t) {
+    const __m512 wt = _mm512_set1_ps(wc[t]);
+    const float* s = src + v0 * 16 + a.offsets[t];
+    for (int j = 0; j < kGroup; ++j) {
+      acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m[j * taps + t], s + j * 16), wt, acc[j]);
+    }
+  }
+  for (int j = 0; j < kGroup; ++j) {
+    // maskz forms: the unmasked ones trip GCC 12's maybe-uninitialized.
+    const __m512 v = _mm512_maskz_min_ps(0xFFFF, _mm512_maskz_max_ps(0xFFFF, acc[j], lo), hi);
+    const int64_t left = out_size - (v0 + j) * 16;
+    if (left >= 16) {
+      _mm512_storeu_ps(yp + (v0 + j) * 16, v);
+    } else {
+      _mm512_mask_storeu_ps(yp + (v0 + j) * 16, static_cast<__mmask16>((1u << left) - 1), v);
+    }
+  }
+}
+
 template <int kTaps>
 __attribute__((target("avx512f"), always_inline)) inline void DepthwiseMaskedPlanesT(const DepthwiseMaskedArgs& a,
                                                                                      const float* x, const float* w,
@@ -1552,28 +1583,11 @@ __attribute__((target("avx512f"), always_inline)) inline void DepthwiseMaskedPla
     const float* wc = w + c * taps;
     const __m512 b = _mm512_set1_ps(bias != nullptr ? bias[c] : 0.0f);
     float* yp = y + p * out_size;
-    for (int64_t v0 = 0; v0 < a.vectors; v0 += kMaskedGroup) {
-      __m512 acc[kMaskedGroup];
-      for (int j = 0; j < kMaskedGroup; ++j) acc[j] = b;
-      const uint16_t* m = a.masks + v0 * taps;
-      for (int64_t t = 0; t < taps; ++t) {
-        const __m512 wt = _mm512_set1_ps(wc[t]);
-        const float* s = src + v0 * 16 + a.offsets[t];
-        for (int j = 0; j < kMaskedGroup; ++j) {
-          acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m[j * taps + t], s + j * 16), wt, acc[j]);
-        }
-      }
-      for (int j = 0; j < kMaskedGroup; ++j) {
-        // maskz forms: the unmasked ones trip GCC 12's maybe-uninitialized.
-        const __m512 v = _mm512_maskz_min_ps(0xFFFF, _mm512_maskz_max_ps(0xFFFF, acc[j], lo), hi);
-        const int64_t left = out_size - (v0 + j) * 16;
-        if (left >= 16) {
-          _mm512_storeu_ps(yp + (v0 + j) * 16, v);
-        } else if (left > 0) {
-          _mm512_mask_storeu_ps(yp + (v0 + j) * 16, static_cast<__mmask16>((1u << left) - 1), v);
-        }
-      }
+    int64_t v0 = 0;
+    for (; v0 + kMaskedGroup <= a.vectors; v0 += kMaskedGroup) {
+      DepthwiseMaskedBlock<kTaps, kMaskedGroup>(a, src, wc, b, lo, hi, yp, out_size, v0);
     }
+    for (; v0 < a.vectors; ++v0) DepthwiseMaskedBlock<kTaps, 1>(a, src, wc, b, lo, hi, yp, out_size, v0);
   }
 }
 
@@ -1612,7 +1626,7 @@ class DepthwiseMaskedPlan final : public ConvPlan {
     a_.phase_size = in_place ? 0 : (a_.h + a_.sh - 1) / a_.sh * a_.out_w;
     a_.taps = g.kernel[1] * g.kernel[2];
     const int64_t out_size = g.out_size();
-    a_.vectors = ((out_size + 15) / 16 + kMaskedGroup - 1) / kMaskedGroup * kMaskedGroup;
+    a_.vectors = (out_size + 15) / 16;
     masks_.assign(static_cast<size_t>(a_.vectors * a_.taps), 0);
     for (int64_t r = 0; r < g.kernel[1]; ++r) {
       for (int64_t t = 0; t < g.kernel[2]; ++t) {
