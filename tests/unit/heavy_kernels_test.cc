@@ -579,6 +579,72 @@ TEST(HeavyKernelsConv, GemmFallbackPath) {
   unsetenv("QUANTD_CONV_ALGO");
 }
 
+// Depthwise on NCHW planes with masked vector loads, pinned so that every
+// shape it suits runs through it (the per-shape choice gives some of these to
+// other plans): unit and larger strides (split into phase planes), odd and
+// uneven widths, dilations, symmetric, uneven and no padding, with and
+// without bias, weights known at load time or only at run time, and fused
+// Clip. Under QUANTD_RUNTIME_ISA=avx2|sse the plan does not apply and the
+// same cases check the fallback choice.
+TEST(HeavyKernelsConv, MaskedDepthwisePinned) {
+  setenv("QUANTD_CONV_ALGO", "masked_depthwise", 1);
+  uint32_t seed = 12000;
+  for (auto [h, w] : std::vector<std::pair<int64_t, int64_t>>{{7, 7}, {14, 14}, {28, 28}, {13, 11}, {5, 33}, {1, 17}}) {
+    for (auto [sh, sw] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 2}, {1, 2}, {2, 1}, {3, 3}}) {
+      for (auto [kh, kw] : std::vector<std::pair<int64_t, int64_t>>{{3, 3}, {5, 5}, {1, 3}}) {
+        for (int pad_kind = 0; pad_kind < 3; ++pad_kind) {
+          ConvCase cc;
+          const int64_t c = seed % 2 ? 19 : 32;
+          cc.x = {seed % 3 == 0 ? 2 : 1, c, h, w};
+          cc.m = c;
+          cc.p.group = c;
+          cc.kernel = {kh, kw};
+          cc.p.strides = {sh, sw};
+          cc.p.dilations = seed % 5 == 0 ? std::vector<int64_t>{2, 2} : std::vector<int64_t>{1, 1};
+          if (pad_kind == 0) cc.p.pads = {kh / 2, kw / 2, kh / 2, kw / 2};
+          if (pad_kind == 1) cc.p.pads = {0, kw / 2 + 1, kh / 2, 0};
+          const int64_t ekh = (kh - 1) * cc.p.dilations[0] + 1, ekw = (kw - 1) * cc.p.dilations[1] + 1;
+          const int64_t ph = pad_kind == 2 ? 0 : cc.p.pads[0] + cc.p.pads[2];
+          const int64_t pw = pad_kind == 2 ? 0 : cc.p.pads[1] + cc.p.pads[3];
+          if (h + ph < ekh || w + pw < ekw) continue;
+          cc.bias = seed % 4 != 0;
+          cc.constant_weights = seed % 3 != 1;
+          cc.threads = seed % 4 == 2 ? 2 : 1;
+          CheckConv(cc, seed++);
+        }
+      }
+    }
+  }
+  // Fused Clip (ReLU6 and a narrow range) on the MobileNet shapes.
+  for (auto [hw, stride] : std::vector<std::pair<int64_t, int64_t>>{{28, 2}, {14, 1}, {14, 2}, {7, 1}, {9, 2}}) {
+    for (auto [lo, hi] : std::vector<std::pair<float, float>>{{0.0f, 6.0f}, {-0.5f, 0.25f}}) {
+      SCOPED_TRACE("Clip " + std::to_string(hw) + " stride " + std::to_string(stride));
+      ref::ConvParams p;
+      p.group = 24;
+      p.pads = {1, 1, 1, 1};
+      p.strides = {stride, stride};
+      std::vector<Tensor> inputs = {Random({3, 24, hw, hw}, seed, -3, 3), Random({24, 1, 3, 3}, seed + 1),
+                                    Random({24}, seed + 2)};
+      ++seed;
+      auto expected = ref::Conv(inputs[0], inputs[1], &inputs[2], p);
+      ASSERT_TRUE(expected.ok());
+      for (int64_t i = 0; i < expected->size(); ++i) {
+        expected->data<float>()[i] = std::min(std::max(expected->data<float>()[i], lo), hi);
+      }
+      NodeBuilder node = ConvNode(p, 3, "FusedConv", "com.microsoft");
+      node.String("activation", "Clip");
+      node.Floats("activation_params", {lo, hi});
+      RunOptions options;
+      options.opset = 1;
+      options.constant = {1, 2};
+      auto actual = RunKernel(node.node(), inputs, options);
+      ASSERT_TRUE(actual.ok()) << actual.status().message();
+      EXPECT_TRUE(Close((*actual)[0], *expected));
+    }
+  }
+  unsetenv("QUANTD_CONV_ALGO");
+}
+
 TEST(HeavyKernelsConv, Errors) {
   ref::ConvParams p;
   // Channel mismatch.
