@@ -1,7 +1,6 @@
 #include "worker/runtime/graph_fusion.h"
 
 #include <limits>
-#include <map>
 #include <optional>
 #include <unordered_map>
 
