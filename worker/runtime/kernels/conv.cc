@@ -1409,6 +1409,20 @@ __attribute__((target("avx2,fma"))) void DepthwiseFlatPlanes8(const DepthwiseFla
   }
 }
 
+// Runs `planes` over every (image, channel) plane of a depthwise layer,
+// split across threads in chunks of about 16 Ki input floats when the work
+// is worth it.
+template <typename Planes>
+void ForEachPlane(const ConvGeometry& g, int64_t taps, ThreadPool& pool, const Planes& planes) {
+  const int64_t count = g.n * g.c;
+  const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(g.in_size(), 1));
+  if (UsefulThreads(pool.num_threads(), count * g.out_size() * taps) > 1 && count > grain) {
+    pool.ParallelFor(count, grain, planes);
+  } else {
+    planes(0, count);
+  }
+}
+
 class DepthwiseFlatPlan final : public ConvPlan {
  public:
   static bool Suits(const ConvGeometry& g) {
@@ -1454,13 +1468,7 @@ class DepthwiseFlatPlan final : public ConvPlan {
       fn_(a_, x, w, bias, y, g_.c, begin, end, stage, stage + stage_floats);
       if (!IsClamp(act_)) act_.Apply(y + begin * out_size, (end - begin) * out_size);
     };
-    const int64_t count = g_.n * g_.c;
-    const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(g_.in_size(), 1));
-    if (UsefulThreads(pool.num_threads(), count * out_size * a_.taps) > 1 && count > grain) {
-      pool.ParallelFor(count, grain, planes);
-    } else {
-      planes(0, count);
-    }
+    ForEachPlane(g_, a_.taps, pool, planes);
   }
 
  private:
@@ -1657,13 +1665,7 @@ class DepthwiseMaskedPlan final : public ConvPlan {
       DepthwiseMaskedPlanes(a_, x, w, bias, y, g_.c, begin, end, stage);
       if (!IsClamp(act_)) act_.Apply(y + begin * out_size, (end - begin) * out_size);
     };
-    const int64_t count = g_.n * g_.c;
-    const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(g_.in_size(), 1));
-    if (UsefulThreads(pool.num_threads(), count * out_size * a_.taps) > 1 && count > grain) {
-      pool.ParallelFor(count, grain, planes);
-    } else {
-      planes(0, count);
-    }
+    ForEachPlane(g_, a_.taps, pool, planes);
   }
 
  private:
