@@ -69,6 +69,22 @@ class Transaction {
   bool committed_ = false;
 };
 
+// Steps `stmt` to the end, parsing column 0 of each row as a serialized T
+// (`kind` names it in the corruption error, `action` the failed query).
+template <typename T>
+StatusOr<std::vector<T>> ReadProtoRows(sqlite3* db, Statement& stmt, const std::string& kind,
+                                       const std::string& action) {
+  std::vector<T> rows;
+  int rc;
+  while ((rc = stmt.Step()) == SQLITE_ROW) {
+    T row;
+    if (!row.ParseFromString(stmt.Blob(0))) return DataLoss("STORE_CORRUPT", "stored " + kind + " is unreadable");
+    rows.push_back(std::move(row));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db, action);
+  return rows;
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::filesystem::path& file) {
@@ -281,15 +297,7 @@ StatusOr<std::vector<v1::JobEvent>> SqliteJobStore::EventsAfter(const std::strin
   std::lock_guard lock(mutex_);
   Statement stmt(db_, "SELECT proto FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
   stmt.Bind(1, job_id).Bind(2, after_seq).Bind(3, static_cast<int64_t>(limit));
-  std::vector<v1::JobEvent> events;
-  int rc;
-  while ((rc = stmt.Step()) == SQLITE_ROW) {
-    v1::JobEvent event;
-    if (!event.ParseFromString(stmt.Blob(0))) return DataLoss("STORE_CORRUPT", "stored event is unreadable");
-    events.push_back(std::move(event));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "read events");
-  return events;
+  return ReadProtoRows<v1::JobEvent>(db_, stmt, "event", "read events");
 }
 
 StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(v1::DeviceClass worker_device,
@@ -434,14 +442,7 @@ StatusOr<std::vector<ExpiredLease>> SqliteJobStore::ExpireLeases(int max_attempt
   if (!tx.began()) return SqlError(db_, "begin");
   Statement stmt(db_, "SELECT proto FROM jobs WHERE state = ? AND lease_expires_ms < ?");
   stmt.Bind(1, static_cast<int64_t>(v1::JOB_STATE_RUNNING)).Bind(2, UnixMillisNow());
-  std::vector<v1::Job> jobs;
-  int rc;
-  while ((rc = stmt.Step()) == SQLITE_ROW) {
-    v1::Job job;
-    if (!job.ParseFromString(stmt.Blob(0))) return DataLoss("STORE_CORRUPT", "stored job is unreadable");
-    jobs.push_back(std::move(job));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "find expired leases");
+  QUANTD_ASSIGN_OR_RETURN(auto jobs, ReadProtoRows<v1::Job>(db_, stmt, "job", "find expired leases"));
   std::vector<ExpiredLease> expired;
   for (auto& job : jobs) {
     v1::JobEvent event;
