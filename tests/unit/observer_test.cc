@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -181,6 +182,53 @@ TEST(StreamingHistogramTest, MagnitudesSkipZerosAndFoldSigns) {
   for (double c : histogram.counts()) counted += c;
   EXPECT_DOUBLE_EQ(counted, 7.0);
   EXPECT_GE(histogram.hi(), 30.0f);
+}
+
+// Every length around the vector widths (16 lanes, 4 accumulators of 16),
+// with the extremes at every position: the masked tails and the unrolled
+// loop must see each value exactly once. (CTest also runs this file under
+// QUANTD_RUNTIME_ISA=sse for the portable path.)
+TEST(ObserverTest, MaxMinSeesEveryPositionOfEveryLength) {
+  for (int64_t n = 1; n <= 140; ++n) {
+    for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+      auto values = Uniform(n, -1.0f, 1.0f, static_cast<unsigned>(n));
+      values[static_cast<size_t>(at)] = -5.0f - static_cast<float>(n);
+      values[static_cast<size_t>((at + 1) % n)] = n == 1 ? values[0] : 3.0f + static_cast<float>(n);
+      const float expected_min = *std::min_element(values.begin(), values.end());
+      const float expected_max = *std::max_element(values.begin(), values.end());
+      auto observer = MakeObserver(ActivationQuantMethod::kMaxMin);
+      observer->Observe(values.data(), n);
+      ASSERT_EQ(observer->Range().min, expected_min) << "n=" << n << " at=" << at;
+      ASSERT_EQ(observer->Range().max, expected_max) << "n=" << n << " at=" << at;
+    }
+  }
+}
+
+// The magnitude histogram against bins computed here one value at a time,
+// on ReLU-like data (runs of zeros, both signs) of lengths that leave every
+// possible tail, across the 1024-value blocks.
+TEST(StreamingHistogramTest, MagnitudeCountsMatchAPlainBinning) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> magnitude(0.0f, 3.0f);
+  for (int64_t n : {int64_t{1}, int64_t{15}, int64_t{17}, int64_t{1023}, int64_t{1024}, int64_t{1041}, int64_t{5000}}) {
+    std::vector<float> values(static_cast<size_t>(n));
+    for (size_t i = 0; i < values.size(); ++i) {
+      const bool zero = (i / 5) % 3 == 0;  // runs of five zeros
+      values[i] = zero ? 0.0f : (i % 2 ? -magnitude(rng) : magnitude(rng));
+    }
+    values[0] = 3.0f;  // fixes the range: [0, 3 + pad]
+    StreamingHistogram histogram(64, /*from_zero=*/true);
+    histogram.AddMagnitudes(values.data(), n);
+    std::vector<double> expected(64, 0.0);
+    const float scale = 64.0f / histogram.hi();
+    for (float v : values) {
+      if (v == 0.0f) continue;
+      const auto bin = static_cast<int64_t>(std::min(std::fabs(v) * scale, 63.0f));
+      expected[static_cast<size_t>(bin)] += 1.0;
+    }
+    SCOPED_TRACE(n);
+    EXPECT_EQ(histogram.counts(), expected);
+  }
 }
 
 }  // namespace

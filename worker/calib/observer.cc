@@ -3,19 +3,56 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#if defined(__SSE2__)
+
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+
+#include "worker/runtime/kernels/cpu_features.h"
 
 namespace quantd::calib {
 namespace {
 
-// Every calibration value passes through here, so it runs four SSE lanes
-// (baseline x86-64) and stays scalar elsewhere.
-void MinMax(const float* data, int64_t count, float& lo, float& hi) {
+#if defined(__x86_64__)
+// Every calibration value passes through here. Four independent min/max
+// pairs keep the loop from waiting on one compare's latency.
+// (maskz forms with a full mask throughout: the plain ones trip GCC 12's
+// -Wuninitialized.)
+__attribute__((target("avx512f"))) void MinMaxAvx512(const float* data, int64_t count, float& lo, float& hi) {
+  constexpr __mmask16 kAll = 0xFFFF;
+  __m512 mn[4], mx[4];
+  for (int k = 0; k < 4; ++k) {
+    mn[k] = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    mx[k] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  }
+  int64_t i = 0;
+  for (; i + 64 <= count; i += 64) {
+    for (int k = 0; k < 4; ++k) {
+      const __m512 v = _mm512_loadu_ps(data + i + 16 * k);
+      mn[k] = _mm512_maskz_min_ps(kAll, mn[k], v);
+      mx[k] = _mm512_maskz_max_ps(kAll, mx[k], v);
+    }
+  }
+  for (; i < count; i += 16) {
+    const auto mask = static_cast<__mmask16>(count - i >= 16 ? kAll : (1u << (count - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(mask, data + i);
+    mn[0] = _mm512_mask_min_ps(mn[0], mask, mn[0], v);
+    mx[0] = _mm512_mask_max_ps(mx[0], mask, mx[0], v);
+  }
+  alignas(64) float lanes_min[16], lanes_max[16];
+  _mm512_store_ps(lanes_min, _mm512_maskz_min_ps(kAll, _mm512_maskz_min_ps(kAll, mn[0], mn[1]),
+                                                 _mm512_maskz_min_ps(kAll, mn[2], mn[3])));
+  _mm512_store_ps(lanes_max, _mm512_maskz_max_ps(kAll, _mm512_maskz_max_ps(kAll, mx[0], mx[1]),
+                                                 _mm512_maskz_max_ps(kAll, mx[2], mx[3])));
+  lo = *std::min_element(lanes_min, lanes_min + 16);
+  hi = *std::max_element(lanes_max, lanes_max + 16);
+}
+#endif
+
+void MinMaxPortable(const float* data, int64_t count, float& lo, float& hi) {
   float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
   int64_t i = 0;
-#if defined(__SSE2__)
+#if defined(__x86_64__)
   __m128 vmin = _mm_set1_ps(mn), vmax = _mm_set1_ps(mx);
   for (; i + 4 <= count; i += 4) {
     __m128 v = _mm_loadu_ps(data + i);
@@ -38,6 +75,48 @@ void MinMax(const float* data, int64_t count, float& lo, float& hi) {
   lo = mn;
   hi = mx;
 }
+
+// The build targets baseline x86-64; wider paths are chosen at run time
+// (and can be turned off with QUANTD_RUNTIME_ISA, as for the kernels).
+bool UseAvx512() {
+#if defined(__x86_64__)
+  return runtime::VectorWidth() >= 16;
+#else
+  return false;
+#endif
+}
+
+void MinMax(const float* data, int64_t count, float& lo, float& hi) {
+#if defined(__x86_64__)
+  if (UseAvx512()) return MinMaxAvx512(data, count, lo, hi);
+#endif
+  MinMaxPortable(data, count, lo, hi);
+}
+
+#if defined(__x86_64__)
+// Bin indices of the non-zero |x| in `block` (n <= 16 * k), packed to the
+// front of `index`; returns how many. Zeros are dropped in registers
+// (compress) rather than counted one by one: they are half of every ReLU
+// output.
+__attribute__((target("avx512f"))) int64_t NonZeroMagnitudeBinsAvx512(const float* block, int64_t n, float scale,
+                                                                      float last, int32_t* index) {
+  constexpr __mmask16 kAll = 0xFFFF;
+  const __m512 vscale = _mm512_set1_ps(scale), vlast = _mm512_set1_ps(last), zero = _mm512_setzero_ps();
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  int64_t written = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const auto lanes = static_cast<__mmask16>(n - i >= 16 ? kAll : (1u << (n - i)) - 1);
+    const __m512 v =
+        _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(lanes, block + i)), abs_mask));
+    const __mmask16 nonzero = _mm512_mask_cmp_ps_mask(lanes, v, zero, _CMP_NEQ_OQ);
+    const __m512 scaled = _mm512_maskz_min_ps(kAll, _mm512_maskz_max_ps(kAll, _mm512_mul_ps(v, vscale), zero), vlast);
+    const __m512i bins = _mm512_maskz_compress_epi32(nonzero, _mm512_maskz_cvttps_epi32(kAll, scaled));
+    _mm512_storeu_si512(index + written, bins);
+    written += __builtin_popcount(nonzero);
+  }
+  return written;
+}
+#endif
 
 class MaxMinObserver final : public Observer {
  public:
@@ -85,7 +164,9 @@ class RemovalOutlierObserver final : public HistogramObserver {
 // towards uselessly small thresholds.
 class KlObserver final : public Observer {
  public:
-  KlObserver() : magnitudes_(8192, /*from_zero=*/true) {}
+  // 2048 bins (as TensorRT's entropy calibration uses) keep the counting
+  // lanes inside L1 and give 8 bins per level at 255 levels.
+  KlObserver() : magnitudes_(2048, /*from_zero=*/true) {}
 
   void Observe(const float* data, int64_t count) override {
     if (count <= 0) return;
@@ -106,7 +187,7 @@ class KlObserver final : public Observer {
     min_ = seen_any_ ? std::min(min_, lo) : lo;
     max_ = seen_any_ ? std::max(max_, hi) : hi;
     seen_any_ = true;
-    magnitudes_.AddMagnitudes(data, count);
+    magnitudes_.AddMagnitudes(data, count, lo, hi);
   }
 
   TensorRange Seen() const override { return {min_, max_}; }
@@ -188,12 +269,18 @@ void StreamingHistogram::Count(const float* data, int64_t count, bool magnitudes
   for (int64_t start = 0; start < count; start += kBlock) {
     const int64_t n = std::min(kBlock, count - start);
     const float* block = data + start;
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = magnitudes ? std::fabs(block[i]) : block[i];
-      const auto bin = static_cast<int32_t>(std::min(std::max((v - offset) * scale, 0.0f), last));
-      index[i] = magnitudes && v == 0.0f ? zero_slot : bin;
-    }
-    for (int64_t i = 0; i < n; ++i) {
+    int64_t binned = n;
+#if defined(__x86_64__)
+    if (magnitudes && UseAvx512())
+      binned = NonZeroMagnitudeBinsAvx512(block, n, scale, last, index);
+    else
+#endif
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = magnitudes ? std::fabs(block[i]) : block[i];
+        const auto bin = static_cast<int32_t>(std::min(std::max((v - offset) * scale, 0.0f), last));
+        index[i] = magnitudes && v == 0.0f ? zero_slot : bin;
+      }
+    for (int64_t i = 0; i < binned; ++i) {
       ++lanes[static_cast<size_t>(i) % kLanes * stride + static_cast<size_t>(index[i])];
     }
   }
@@ -220,6 +307,11 @@ void StreamingHistogram::AddMagnitudes(const float* data, int64_t count) {
   if (count <= 0) return;
   float lo, hi;
   MinMax(data, count, lo, hi);
+  AddMagnitudes(data, count, lo, hi);
+}
+
+void StreamingHistogram::AddMagnitudes(const float* data, int64_t count, float lo, float hi) {
+  if (count <= 0) return;
   if (!std::isfinite(lo) || !std::isfinite(hi)) return;
   const float largest = std::max(std::fabs(lo), std::fabs(hi));
   if (largest == 0.0f) return;  // all zeros: nothing to count

@@ -40,6 +40,8 @@ class StreamingHistogram {
   // Adds |x| of every non-zero x (for `from_zero` histograms): the KL
   // observer's input, binned in the same pass that takes the magnitudes.
   void AddMagnitudes(const float* data, int64_t count);
+  // The same, for a caller that already knows the data's min and max.
+  void AddMagnitudes(const float* data, int64_t count, float min, float max);
   bool empty() const { return total_ == 0; }
   float lo() const { return lo_; }
   float hi() const { return hi_; }
