@@ -38,9 +38,11 @@ class BufferCache {
   std::byte* Take(size_t bytes) {
     if (bytes >= kCacheMinBytes) {
       std::lock_guard<std::mutex> lock(mutex_);
-      // Accept a cached block up to 1/4 larger than asked for.
+      // The smallest cached block that fits, if it is at most twice the
+      // size: a model run on a smaller batch (the last, partial one of a
+      // calibration set) then reuses the blocks of the full batches.
       auto it = free_.lower_bound(bytes);
-      if (it != free_.end() && it->first <= bytes + bytes / 4) {
+      if (it != free_.end() && it->first <= 2 * bytes) {
         std::byte* p = it->second;
         const size_t size = it->first;
         cached_bytes_ -= size;
