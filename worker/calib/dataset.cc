@@ -188,6 +188,11 @@ StatusOr<Sample> CalibrationDataset::Load(size_t index) const {
   return sample;
 }
 
+std::future<void> PrepareImageDecoding() {
+  // Looking up an encoder is enough to build the whole registry.
+  return std::async(std::launch::async, [] { (void)cv::haveImageWriter(".png"); });
+}
+
 StatusOr<Tensor> CalibrationDataset::LoadImage(const InputFiles& input, const std::filesystem::path& file) const {
   const auto& spec = input.spec;
   if (spec.shape.size() != 4) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -9,6 +10,7 @@
 
 #include "common/files.h"
 #include "common/sha256.h"
+#include "worker/calib/dataset.h"
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/model_io.h"
 #include "worker/pipeline/calibrate.h"
@@ -315,6 +317,15 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
     QUANTD_ASSIGN_OR_RETURN(config, config::ParseQuantConfig(request.config_text, validation));
     return Status::Ok();
   }));
+
+  // Calibration images are decoded later; OpenCV's one-time set-up runs
+  // meanwhile (the future's destructor waits for it on every way out).
+  std::future<void> image_decoding;
+  const bool runs_calibration = config.common.quant_type == config::QuantType::kFullQuant ||
+                                !config.common.debug_info_save_path.empty() || config.mixed_bit.auto_tune;
+  if (runs_calibration && config.preprocess.input_type == config::InputType::kImage) {
+    image_decoding = calib::PrepareImageDecoding();
+  }
 
   onnx::ModelProto model;
   std::string model_sha256;
