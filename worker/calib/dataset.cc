@@ -134,6 +134,9 @@ StatusOr<CalibrationDataset> CalibrationDataset::Open(const config::DataPreproce
       return InvalidArgument("CALIBRATION_DIR_MISSING", "calibration folder '" + source.dir.substr(0, 200) +
                                                             "' for input '" + source.input_name + "' does not exist");
     }
+    // Sorted by file name, compared as strings made once (building path
+    // objects in every comparison costs more than listing the folder).
+    std::vector<std::pair<std::string, std::filesystem::path>> named;
     for (const auto& entry : std::filesystem::directory_iterator(source.dir, ec)) {
       if (!entry.is_regular_file(ec)) continue;
       const auto& path = entry.path();
@@ -142,10 +145,10 @@ StatusOr<CalibrationDataset> CalibrationDataset::Open(const config::DataPreproce
               ? HasExtension(path, {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"})
           : param.input_type == config::InputType::kBin ? HasExtension(path, {".bin"})
                                                         : HasExtension(path, {".npy"});
-      if (wanted) files.files.push_back(path);
+      if (wanted) named.emplace_back(path.filename().native(), path);
     }
-    std::sort(files.files.begin(), files.files.end(),
-              [](const auto& a, const auto& b) { return a.filename() < b.filename(); });
+    std::sort(named.begin(), named.end());
+    for (auto& [name, path] : named) files.files.push_back(std::move(path));
     if (files.files.empty()) {
       return InvalidArgument("CALIBRATION_EMPTY", "calibration folder for input '" + source.input_name + "' holds no " +
                                                       config::ToString(param.input_type) + " files");
