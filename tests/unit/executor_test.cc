@@ -354,6 +354,13 @@ TEST(ExecutorTest, BadInputsAreRejectedWithTheExpectedShape) {
   g.Output("y");
   auto executor = MustCreate(g.model());
   ASSERT_TRUE(executor);
+  // What must be fed, from the model alone, as the executor lists it.
+  const auto fed = FedInputs(g.model());
+  ASSERT_EQ(fed.size(), 1u);
+  EXPECT_EQ(fed[0].name, "input");
+  EXPECT_EQ(fed[0].shape, (Shape{-1, 1, 28, 28}));
+  EXPECT_FALSE(executor->inputs()[0].optional);
+  EXPECT_TRUE(executor->inputs()[1].optional);
 
   auto expect_error = [&](const std::map<std::string, Tensor>& feeds, const std::string& text) {
     auto out = executor->Run(feeds);
@@ -396,6 +403,8 @@ TEST(ExecutorTest, OldIrInitializersListedAsInputsAreConstants) {
   ASSERT_TRUE(executor);
   ASSERT_EQ(executor->inputs().size(), 1u);
   EXPECT_EQ(executor->inputs()[0].name, "x");
+  ASSERT_EQ(FedInputs(g.model()).size(), 1u);
+  EXPECT_EQ(FedInputs(g.model())[0].name, "x");
   auto out = executor->Run({{"x", Tensor::FromVector<float>({2}, {1, 2})}});
   ASSERT_TRUE(out.ok()) << out.status().message();
   EXPECT_EQ(Values(out->at("y")), (std::vector<float>{-3, -8}));

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <future>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 
@@ -68,7 +69,7 @@ Tensor Stack(const std::vector<const Tensor*>& parts) {
   return stacked;
 }
 
-// The calibration set as the executor's inputs want it, in batches.
+// The calibration set as the model's inputs want it, in batches.
 struct BatchedDataset {
   std::vector<calib::InputSpec> specs;
   calib::CalibrationDataset dataset;
@@ -92,11 +93,10 @@ struct BatchedDataset {
   }
 };
 
-StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const runtime::Executor& executor) {
+StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const onnx::ModelProto& model) {
   std::vector<calib::InputSpec> specs;
   bool batchable = true;
-  for (const auto& input : executor.inputs()) {
-    if (input.optional) continue;
+  for (const auto& input : runtime::FedInputs(model)) {
     specs.push_back({input.name, input.dtype, input.shape});
     // Several samples run as one batch only where the model leaves the
     // batch dimension open.
@@ -110,25 +110,46 @@ StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const ru
 
 // Hands out the batches in order while the next one is read and decoded on
 // a second thread, so file reading and image decoding overlap the runs.
+// Listing the files and decoding the first batch start at construction, so
+// they overlap building the executors.
 class BatchPrefetcher {
  public:
-  explicit BatchPrefetcher(const BatchedDataset& batches) : batches_(batches) {
-    if (batches_.size() > 0) next_ = Start(0);
+  using Feeds = std::map<std::string, Tensor>;
+
+  BatchPrefetcher(const CalibrationRequest& request, const onnx::ModelProto& model) {
+    next_ = std::async(std::launch::async, [this, &request, &model]() -> StatusOr<Feeds> {
+      auto opened = OpenBatches(request, model);
+      if (!opened.ok()) return opened.status();
+      batches_ = std::move(opened).value();
+      if (batches_->size() == 0) return Feeds{};
+      return batches_->Load(0);
+    });
   }
-  // A pending load is waited for by the future's destructor, so leaving
-  // early (error, cancellation) never leaves a thread behind.
-  StatusOr<std::map<std::string, Tensor>> Take(size_t start) {
+  BatchPrefetcher(const BatchPrefetcher&) = delete;
+  BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;
+
+  // Waits for the file listing; fails as listing the files did.
+  StatusOr<const BatchedDataset*> Open() {
+    next_.wait();
+    if (!batches_) return next_.get().status();
+    return &*batches_;
+  }
+
+  // Batch `start`, after Open(). A pending load is waited for by the
+  // future's destructor, so leaving early (error, cancellation) never
+  // leaves a thread behind.
+  StatusOr<Feeds> Take(size_t start) {
     auto feeds = next_.get();
-    if (start + batches_.batch < batches_.size()) next_ = Start(start + batches_.batch);
+    if (start + batches_->batch < batches_->size()) {
+      next_ = std::async(std::launch::async, [this, next = start + batches_->batch] { return batches_->Load(next); });
+    }
     return feeds;
   }
 
  private:
-  std::future<StatusOr<std::map<std::string, Tensor>>> Start(size_t start) {
-    return std::async(std::launch::async, [this, start] { return batches_.Load(start); });
-  }
-  const BatchedDataset& batches_;
-  std::future<StatusOr<std::map<std::string, Tensor>>> next_;
+  // Declared before next_, which is destroyed (and so waited for) first.
+  std::optional<BatchedDataset> batches_;
+  std::future<StatusOr<Feeds>> next_;
 };
 
 // Options for running a model whose Conv -> Relu/Clip intermediates nobody
@@ -148,14 +169,14 @@ runtime::ExecutorOptions FusedExecution(int num_threads, std::set<std::string> k
 Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto& model,
                       const std::set<std::string>& keep_unfused,
                       const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
+  BatchPrefetcher prefetcher(request, model);
   QUANTD_ASSIGN_OR_RETURN(auto executor,
                           runtime::Executor::Create(model, FusedExecution(request.num_threads, keep_unfused)));
-  QUANTD_ASSIGN_OR_RETURN(auto batches, OpenBatches(request, *executor));
-  const size_t total = batches.size();
+  QUANTD_ASSIGN_OR_RETURN(const BatchedDataset* batches, prefetcher.Open());
+  const size_t total = batches->size();
   runtime::RunOptions options;
   options.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) { visit(name, value); };
-  BatchPrefetcher prefetcher(batches);
-  for (size_t start = 0; start < total; start += batches.batch) {
+  for (size_t start = 0; start < total; start += batches->batch) {
     QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take(start));
     if (request.on_progress && !request.on_progress(start, total)) return Cancelled("calibration cancelled");
     for (const auto& [name, value] : feeds) visit(name, value);
@@ -194,21 +215,21 @@ std::set<std::string> ConvOutputsToKeep(const onnx::ModelProto& model, const Cal
 
 StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, const onnx::ModelProto& candidate) {
   // Only graph outputs are compared, so both models may run fused.
+  BatchPrefetcher prefetcher(request, *request.model);
   QUANTD_ASSIGN_OR_RETURN(auto reference_executor,
                           runtime::Executor::Create(*request.model, FusedExecution(request.num_threads)));
   QUANTD_ASSIGN_OR_RETURN(auto candidate_executor,
                           runtime::Executor::Create(candidate, FusedExecution(request.num_threads)));
-  QUANTD_ASSIGN_OR_RETURN(auto batches, OpenBatches(request, *reference_executor));
-  const size_t total = batches.size();
+  QUANTD_ASSIGN_OR_RETURN(const BatchedDataset* batches, prefetcher.Open());
+  const size_t total = batches->size();
   if (total == 0) return FailedPrecondition("CALIBRATION_EMPTY", "the calibration set has no samples");
   OutputAgreement agreement;
   double cosine_sum = 0;
   int64_t compared = 0;
-  BatchPrefetcher prefetcher(batches);
-  for (size_t start = 0; start < total; start += batches.batch) {
+  for (size_t start = 0; start < total; start += batches->batch) {
     if (request.on_progress && !request.on_progress(start, total)) return Cancelled("output comparison cancelled");
     QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take(start));
-    const int64_t batch = static_cast<int64_t>(std::min(batches.batch, total - start));
+    const int64_t batch = static_cast<int64_t>(std::min(batches->batch, total - start));
     QUANTD_ASSIGN_OR_RETURN(auto expected, reference_executor->Run(feeds));
     QUANTD_ASSIGN_OR_RETURN(auto produced, candidate_executor->Run(feeds));
     for (const auto& [name, reference] : expected) {

@@ -25,27 +25,6 @@ std::string NodeLabel(const onnx::NodeProto& node) {
 
 std::string DomainLabel(const std::string& domain) { return IsDefaultDomain(domain) ? "ai.onnx" : domain; }
 
-TensorInfo InfoFromValue(const onnx::ValueInfoProto& value) {
-  TensorInfo info;
-  info.name = value.name();
-  if (!value.type().has_tensor_type()) return info;
-  const auto& tt = value.type().tensor_type();
-  info.dtype = static_cast<DataType>(tt.elem_type());
-  if (tt.has_shape()) {
-    info.has_shape = true;
-    for (const auto& d : tt.shape().dim()) {
-      if (d.has_dim_value()) {
-        info.shape.push_back(d.dim_value());
-        info.dim_params.emplace_back();
-      } else {
-        info.shape.push_back(-1);
-        info.dim_params.push_back(d.has_dim_param() ? d.dim_param() : std::string());
-      }
-    }
-  }
-  return info;
-}
-
 std::string ExpectedText(const TensorInfo& info) {
   std::string s = info.dtype == DataType::kUndefined ? std::string("any type") : ToString(info.dtype);
   if (!info.has_shape) return s;
@@ -68,6 +47,37 @@ Status BadModel(const std::string& message) { return InvalidArgument("MODEL_INVA
 
 
 }  // namespace
+
+TensorInfo DeclaredTensorInfo(const onnx::ValueInfoProto& value) {
+  TensorInfo info;
+  info.name = value.name();
+  if (!value.type().has_tensor_type()) return info;
+  const auto& tt = value.type().tensor_type();
+  info.dtype = static_cast<DataType>(tt.elem_type());
+  if (tt.has_shape()) {
+    info.has_shape = true;
+    for (const auto& d : tt.shape().dim()) {
+      if (d.has_dim_value()) {
+        info.shape.push_back(d.dim_value());
+        info.dim_params.emplace_back();
+      } else {
+        info.shape.push_back(-1);
+        info.dim_params.push_back(d.has_dim_param() ? d.dim_param() : std::string());
+      }
+    }
+  }
+  return info;
+}
+
+std::vector<TensorInfo> FedInputs(const onnx::ModelProto& model) {
+  std::set<std::string> initializers;
+  for (const auto& init : model.graph().initializer()) initializers.insert(init.name());
+  std::vector<TensorInfo> inputs;
+  for (const auto& v : model.graph().input()) {
+    if (!initializers.count(v.name())) inputs.push_back(DeclaredTensorInfo(v));
+  }
+  return inputs;
+}
 
 struct Executor::Step {
   int node_index = -1;
@@ -165,7 +175,7 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
   }
   for (const auto& v : graph.input()) {
     if (constant_inputs.count(v.name())) continue;
-    TensorInfo info = InfoFromValue(v);
+    TensorInfo info = DeclaredTensorInfo(v);
     int slot = SlotOf(v.name());
     info.optional = input_defaults_[static_cast<size_t>(slot)].defined();
     if (!IsSupported(info.dtype) && info.dtype != DataType::kUndefined) {
@@ -279,7 +289,7 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
   for (const auto& v : graph.output()) {
     int slot = SlotOf(v.name());
     is_graph_output_[static_cast<size_t>(slot)] = true;
-    outputs_.push_back(InfoFromValue(v));
+    outputs_.push_back(DeclaredTensorInfo(v));
     output_slots_.push_back(slot);
   }
   grow();

@@ -75,6 +75,14 @@ struct TensorInfo {
   bool optional = false;                  // an input backed by an initializer
 };
 
+// A graph input or output's declared type and shape.
+TensorInfo DeclaredTensorInfo(const onnx::ValueInfoProto& value);
+
+// The graph inputs a caller has to feed, read from the model alone: those no
+// initializer backs (an initializer makes an input optional, or before IR
+// version 4 a constant). Executor::inputs() lists these as not optional.
+std::vector<TensorInfo> FedInputs(const onnx::ModelProto& model);
+
 class Executor {
  public:
   static StatusOr<std::unique_ptr<Executor>> Create(const onnx::ModelProto& model, ExecutorOptions options = {});
