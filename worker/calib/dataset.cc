@@ -191,9 +191,9 @@ StatusOr<Sample> CalibrationDataset::Load(size_t index) const {
   return sample;
 }
 
-std::future<void> PrepareImageDecoding() {
+void WarmUpImageCodecs() {
   // Looking up an encoder is enough to build the whole registry.
-  return std::async(std::launch::async, [] { (void)cv::haveImageWriter(".png"); });
+  (void)cv::haveImageWriter(".png");
 }
 
 StatusOr<Tensor> CalibrationDataset::LoadImage(const InputFiles& input, const std::filesystem::path& file) const {

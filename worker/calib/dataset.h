@@ -4,7 +4,6 @@
 #pragma once
 
 #include <filesystem>
-#include <future>
 #include <map>
 #include <string>
 #include <vector>
@@ -65,9 +64,9 @@ class CalibrationDataset {
 // Reads a .npy file (format 1.0–3.0, little-endian, C order).
 // OpenCV builds its codec registry on the first decode; Debian's build
 // registers the GDAL and GDCM drivers then, which takes milliseconds.
-// Starting that on a thread while the model loads keeps it off the
-// calibration run. The future is ready once the registry is.
-std::future<void> PrepareImageDecoding();
+// Callers run this on a thread while doing other work (loading the model),
+// which keeps it off the calibration run.
+void WarmUpImageCodecs();
 
 StatusOr<runtime::Tensor> ReadNpy(const std::filesystem::path& file, int64_t max_bytes);
 Status WriteNpy(const std::filesystem::path& file, const runtime::Tensor& tensor);

@@ -19,6 +19,7 @@
 #include "worker/quant/full_quant.h"
 #include "worker/quant/weight_quant.h"
 #include "worker/report/debug_report.h"
+#include "worker/runtime/executor.h"
 
 #ifndef QUANTD_VERSION
 #define QUANTD_VERSION "0.0.0"
@@ -318,13 +319,19 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
     return Status::Ok();
   }));
 
-  // Calibration images are decoded later; OpenCV's one-time set-up runs
-  // meanwhile (the future's destructor waits for it on every way out).
-  std::future<void> image_decoding;
+  // Runs over the calibration set decode images and run the model later;
+  // the libraries' one-time set-up for that (OpenCV's codec registry,
+  // oneDNN's JIT) happens on a thread while the model loads. The future's
+  // destructor waits for it on every way out.
+  std::future<void> warm_up;
   const bool runs_calibration = config.common.quant_type == config::QuantType::kFullQuant ||
                                 !config.common.debug_info_save_path.empty() || config.mixed_bit.auto_tune;
-  if (runs_calibration && config.preprocess.input_type == config::InputType::kImage) {
-    image_decoding = calib::PrepareImageDecoding();
+  if (runs_calibration) {
+    const bool images = config.preprocess.input_type == config::InputType::kImage;
+    warm_up = std::async(std::launch::async, [images] {
+      if (images) calib::WarmUpImageCodecs();
+      runtime::WarmUpKernelLibraries();
+    });
   }
 
   onnx::ModelProto model;

@@ -83,6 +83,11 @@ TensorInfo DeclaredTensorInfo(const onnx::ValueInfoProto& value);
 // version 4 a constant). Executor::inputs() lists these as not optional.
 std::vector<TensorInfo> FedInputs(const onnx::ModelProto& model);
 
+// Sets up the kernel libraries' one-time machinery (oneDNN's JIT), which
+// otherwise lands on the first convolution a model runs. Any thread may call
+// it, any number of times; callers run it while doing other work.
+void WarmUpKernelLibraries();
+
 class Executor {
  public:
   static StatusOr<std::unique_ptr<Executor>> Create(const onnx::ModelProto& model, ExecutorOptions options = {});

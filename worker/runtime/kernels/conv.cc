@@ -1945,6 +1945,22 @@ class ConvTransposeKernel final : public Kernel {
 
 }  // namespace
 
+void WarmUpKernelLibraries() {
+  // Creating a first convolution primitive sets up oneDNN's JIT machinery
+  // (about 1 ms measured), which every later primitive shares; a small one
+  // does it.
+  try {
+    const auto f32 = memory::data_type::f32;
+    const memory::desc src({1, 8, 8, 8}, f32, Tag::any), weights({8, 8, 3, 3}, f32, Tag::any);
+    const memory::desc bias({8}, f32, Tag::x), dst({1, 8, 8, 8}, f32, Tag::any);
+    const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                               src, weights, bias, dst, {1, 1}, {0, 0}, {1, 1}, {1, 1});
+    dnnl::convolution_forward primitive(dnnl::convolution_forward::primitive_desc(desc, CpuEngine()));
+  } catch (const dnnl::error&) {
+    // Only a warm-up: real layers report their own errors.
+  }
+}
+
 void RegisterConvKernels(KernelRegistry& registry) {
   registry.Register("", "Conv", 1, kLatestOpset, [](const KernelInit& init) -> StatusOr<std::unique_ptr<Kernel>> {
     return std::unique_ptr<Kernel>(new ConvKernel(init, ParseConvAttributes(init)));
