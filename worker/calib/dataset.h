@@ -61,13 +61,13 @@ class CalibrationDataset {
   size_t count_ = 0;
 };
 
-// Reads a .npy file (format 1.0–3.0, little-endian, C order).
 // OpenCV builds its codec registry on the first decode; Debian's build
 // registers the GDAL and GDCM drivers then, which takes milliseconds.
 // Callers run this on a thread while doing other work (loading the model),
 // which keeps it off the calibration run.
 void WarmUpImageCodecs();
 
+// Reads a .npy file (format 1.0–3.0, little-endian, C order).
 StatusOr<runtime::Tensor> ReadNpy(const std::filesystem::path& file, int64_t max_bytes);
 Status WriteNpy(const std::filesystem::path& file, const runtime::Tensor& tensor);
 
