@@ -327,17 +327,8 @@ StatusOr<std::optional<LeasedJob>> SqliteJobStore::LeaseNext(v1::DeviceClass wor
 
 StatusOr<v1::Job> SqliteJobStore::RenewLease(const std::string& job_id, const std::string& lease_id,
                                              int64_t lease_ttl_ms) {
-  std::lock_guard lock(mutex_);
-  Transaction tx(db_);
-  if (!tx.began()) return SqlError(db_, "begin");
-  QUANTD_ASSIGN_OR_RETURN(auto loaded, LoadWithLeaseLocked(job_id));
-  auto& [job, current] = loaded;
-  if (current != lease_id || job.state() != v1::JOB_STATE_RUNNING) return LeaseLost(job_id);
-  Statement stmt(db_, "UPDATE jobs SET lease_expires_ms = ? WHERE id = ?");
-  stmt.Bind(1, UnixMillisNow() + lease_ttl_ms).Bind(2, job_id);
-  if (stmt.Step() != SQLITE_DONE) return SqlError(db_, "renew lease");
-  QUANTD_RETURN_IF_ERROR(tx.Commit());
-  return std::move(job);
+  // A heartbeat without events is exactly a renewal.
+  return Heartbeat(job_id, lease_id, lease_ttl_ms, {});
 }
 
 StatusOr<v1::Job> SqliteJobStore::Heartbeat(const std::string& job_id, const std::string& lease_id,
