@@ -183,11 +183,9 @@ class DebugReportServiceTest : public ::testing::Test {
     delete server_;
     server_ = nullptr;
   }
-  void SetUp() override { out_ = TempDir("quantd-debug-report-"); }
-  void TearDown() override { std::filesystem::remove_all(out_); }
-
   static QuantdProcess* server_;
-  std::filesystem::path out_;
+  ScratchDir scratch_{"quantd-debug-report-"};
+  const std::filesystem::path& out_ = scratch_.path();
 };
 
 QuantdProcess* DebugReportServiceTest::server_ = nullptr;
@@ -329,7 +327,8 @@ TEST_F(DebugReportServiceTest, FullQuantJobShipsTheSeedsReportFilesAsArtifacts) 
 }
 
 TEST(DebugReportTest, WeightQuantReportComparesEachQuantizedWeightWithItsOrigin) {
-  auto out = TempDir("quantd-debug-report-wq-");
+  ScratchDir scratch("quantd-debug-report-wq-");
+  const auto& out = scratch.path();
   auto report_dir = out / "report";
   auto config = out / "weight_quant_debug.yaml";
   WriteText(config,
@@ -390,11 +389,11 @@ TEST(DebugReportTest, WeightQuantReportComparesEachQuantizedWeightWithItsOrigin)
   EXPECT_EQ(report["layer_cosine_basis"], "weight");
   EXPECT_FALSE(report["worst_layers"].empty());
   EXPECT_EQ(report["rounds"], 0);
-  std::filesystem::remove_all(out);
 }
 
 TEST(DebugReportTest, BadDebugPathFailsTheConversionWithAClearReason) {
-  auto out = TempDir("quantd-debug-report-bad-");
+  ScratchDir scratch("quantd-debug-report-bad-");
+  const auto& out = scratch.path();
   WriteText(out / "blocker", "a file where the report folder should go");
   auto config = out / "c.yaml";
   WriteText(config, "common_quant_param:\n  quant_type: WEIGHT_QUANT\n  bit_num: 8\n  debug_info_save_path: " +
@@ -404,13 +403,13 @@ TEST(DebugReportTest, BadDebugPathFailsTheConversionWithAClearReason) {
   EXPECT_NE(run.exit_code, 0);
   EXPECT_NE(run.err.find("debug_info_save_path"), std::string::npos) << run.err;
   EXPECT_NE(run.err.find("DEBUG_REPORT_IO"), std::string::npos) << run.err;
-  std::filesystem::remove_all(out);
 }
 
 // Outlier removal cuts the calibrated ranges short of the data, so some
 // activations saturate, and the Clip column has to show it.
 TEST(DebugReportTest, RemovalOutlierCalibrationShowsClippedActivations) {
-  auto out = TempDir("quantd-debug-report-clip-");
+  ScratchDir scratch("quantd-debug-report-clip-");
+  const auto& out = scratch.path();
   auto calib = out / "calib";
   WriteFashionMnistImages(calib, 4, 200, /*train=*/true);
   auto report_dir = out / "report";
@@ -432,13 +431,13 @@ TEST(DebugReportTest, RemovalOutlierCalibrationShowsClippedActivations) {
     }
   }
   EXPECT_GT(clipped, 0u) << "no activation saturated although outliers were cut from the ranges";
-  std::filesystem::remove_all(out);
 }
 
 // report.html in a real browser: the chart and the histograms are drawn by
 // the page's own script, so a page that fails to run leaves them out.
 TEST(DebugReportBrowserTest, ReportHtmlRendersTheChartAndAHistogramPerWorstLayer) {
-  auto out = TempDir("quantd-debug-report-html-");
+  ScratchDir scratch("quantd-debug-report-html-");
+  const auto& out = scratch.path();
   auto calib = out / "calib";
   WriteFashionMnistImages(calib, 4, 100, /*train=*/true);
   auto report_dir = out / "report";
@@ -506,7 +505,6 @@ TEST(DebugReportBrowserTest, ReportHtmlRendersTheChartAndAHistogramPerWorstLayer
   cv::Scalar mean, stddev;
   cv::meanStdDev(gray, mean, stddev);
   EXPECT_GT(stddev[0], 10.0) << "the screenshot is blank";
-  std::filesystem::remove_all(out);
 }
 
 }  // namespace

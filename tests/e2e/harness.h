@@ -17,6 +17,20 @@ std::filesystem::path BinDir();
 std::filesystem::path BundledModel();
 std::filesystem::path TempDir(const std::string& prefix);
 
+// A fresh TempDir that goes away, with everything in it, with the object:
+// a fixture member gives each test its own scratch folder.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& prefix) : path_(TempDir(prefix)) {}
+  ~ScratchDir();
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
 struct CommandResult {
   int exit_code = -1;
   std::string out;

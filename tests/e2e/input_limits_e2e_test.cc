@@ -38,7 +38,6 @@ std::string ReadConfig(const std::string& name) {
 class InputLimitsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    out_ = TempDir("quantd-input-limits-");
     std::filesystem::create_directories(out_ / "models");
     QuantdProcess::Options options;
     options.local_workers = 1;
@@ -54,8 +53,6 @@ class InputLimitsTest : public ::testing::Test {
   void TearDown() override {
     client_.reset();
     server_.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(out_, ec);
   }
 
   std::string Upload(const std::filesystem::path& file) {
@@ -119,7 +116,8 @@ class InputLimitsTest : public ::testing::Test {
     EXPECT_EQ(job.attempts(), 1) << "input over a limit is not retried";
   }
 
-  std::filesystem::path out_;
+  ScratchDir scratch_{"quantd-input-limits-"};
+  const std::filesystem::path& out_ = scratch_.path();
   std::unique_ptr<QuantdProcess> server_;
   std::unique_ptr<QuantClient> client_;
 };

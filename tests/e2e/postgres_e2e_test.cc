@@ -90,7 +90,8 @@ TEST_P(BackendTest, WeightQuantJobRunsEndToEnd) {
   }
   EXPECT_EQ(artifact_events, (std::set<std::string>{"model.onnx", "summary.json"}));
 
-  auto out = TempDir("quantd-backend-out-");
+  ScratchDir scratch("quantd-backend-out-");
+  const auto& out = scratch.path();
   ASSERT_TRUE(client.DownloadAll(job_id, out).ok());
   std::ifstream summary_file(out / "summary.json");
   auto summary = nlohmann::json::parse(summary_file);
@@ -98,7 +99,6 @@ TEST_P(BackendTest, WeightQuantJobRunsEndToEnd) {
   auto ort = RunOrt({"eval", "--model", (out / "model.onnx").string(), "--reference", BundledModel().string(),
                      "--count", "1000"});
   EXPECT_GT(ort["top1_agreement"].get<double>(), 0.98);
-  std::filesystem::remove_all(out);
 
   // The job lives where the backend says: in the data dir's SQLite file, or
   // only in PostgreSQL.

@@ -229,11 +229,6 @@ QuantdProcess::Options FastLeaseOptions(int workers, int max_attempts) {
 
 class ReliabilityTest : public ::testing::Test {
  protected:
-  void SetUp() override { out_ = TempDir("quantd-reliability-"); }
-  void TearDown() override {
-    std::error_code ec;
-    std::filesystem::remove_all(out_, ec);
-  }
   std::string UploadOrDie(QuantClient& client, const std::filesystem::path& file) {
     auto sha = client.UploadFile(file);
     if (!sha.ok()) throw std::runtime_error("upload failed: " + sha.status().message());
@@ -243,7 +238,8 @@ class ReliabilityTest : public ::testing::Test {
     return UploadOrDie(client, WriteMatMulChainModel(out_, kSlowLayers, kSlowWidth));
   }
 
-  std::filesystem::path out_;
+  ScratchDir scratch_{"quantd-reliability-"};
+  const std::filesystem::path& out_ = scratch_.path();
 };
 
 TEST_F(ReliabilityTest, WorkerKilledMidJobIsRetriedElsewhereAndSucceeds) {

@@ -30,7 +30,8 @@ class RuntimeModelsTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(RuntimeModelsTest, OutputsMatchOnnxRuntime) {
   auto model = SourceDir() / "models" / GetParam();
   ASSERT_TRUE(std::filesystem::exists(model)) << model;
-  auto dir = TempDir("quantd-runtime-models-");
+  ScratchDir scratch("quantd-runtime-models-");
+  const auto& dir = scratch.path();
   auto input = dir / "input.npy";
   ASSERT_TRUE(calib::WriteNpy(input, FashionBatch(16, 100)).ok());
   auto ours = RunCommand({(BinDir() / "quantctl").string(), "run", "--model", model.string(), "--input",
@@ -54,7 +55,6 @@ TEST_P(RuntimeModelsTest, OutputsMatchOnnxRuntime) {
     ++compared;
   }
   EXPECT_GT(compared, 0);
-  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(BundledModels, RuntimeModelsTest,
@@ -65,21 +65,22 @@ INSTANTIATE_TEST_SUITE_P(BundledModels, RuntimeModelsTest,
                          });
 
 TEST(QuantctlRunTest, WrongInputShapeIsRefusedNamingTheInputAndExpectedShape) {
-  auto dir = TempDir("quantd-run-bad-");
+  ScratchDir scratch("quantd-run-bad-");
+  const auto& dir = scratch.path();
   ASSERT_TRUE(calib::WriteNpy(dir / "bad.npy", runtime::Tensor::Zeros(runtime::DataType::kFloat, {2, 3, 28, 28})).ok());
   auto run = RunCommand({(BinDir() / "quantctl").string(), "run", "--model", BundledModel().string(), "--input",
                          "input=" + (dir / "bad.npy").string(), "--out", (dir / "out").string()});
   EXPECT_NE(run.exit_code, 0);
   EXPECT_NE(run.err.find("'input'"), std::string::npos) << run.err;
   EXPECT_NE(run.err.find("28"), std::string::npos) << run.err;
-  std::filesystem::remove_all(dir);
 }
 
 // Calibration decodes the next batch on another thread while one runs: a
 // bad file there must still fail the conversion, naming the file, and
 // leave no model behind.
 TEST(QuantctlConvertTest, UnreadableImageInALaterBatchFailsNamingIt) {
-  auto dir = TempDir("quantd-convert-bad-");
+  ScratchDir scratch("quantd-convert-bad-");
+  const auto& dir = scratch.path();
   WriteFashionMnistImages(dir / "images", 40, 0, /*train=*/true);
   std::vector<std::filesystem::path> files;
   for (const auto& entry : std::filesystem::directory_iterator(dir / "images")) files.push_back(entry.path());
@@ -100,7 +101,6 @@ TEST(QuantctlConvertTest, UnreadableImageInALaterBatchFailsNamingIt) {
   EXPECT_NE(convert.exit_code, 0);
   EXPECT_NE(convert.err.find(broken.filename().string()), std::string::npos) << convert.err;
   EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.onnx"));
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -36,11 +36,7 @@ class ServiceTest : public ::testing::Test {
     delete server_;
     server_ = nullptr;
   }
-  void SetUp() override {
-    client_ = std::make_unique<QuantClient>(server_->address());
-    out_ = TempDir("quantd-e2e-out-");
-  }
-  void TearDown() override { std::filesystem::remove_all(out_); }
+  void SetUp() override { client_ = std::make_unique<QuantClient>(server_->address()); }
 
   v1::SubmitJobRequest Request(const std::string& model_sha, const std::string& config_text) {
     v1::SubmitJobRequest request;
@@ -67,7 +63,8 @@ class ServiceTest : public ::testing::Test {
 
   static QuantdProcess* server_;
   std::unique_ptr<QuantClient> client_;
-  std::filesystem::path out_;
+  ScratchDir scratch_{"quantd-e2e-out-"};
+  const std::filesystem::path& out_ = scratch_.path();
 };
 
 QuantdProcess* ServiceTest::server_ = nullptr;
