@@ -124,12 +124,8 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, std::str
 
 class AuthTest : public ::testing::Test {
  protected:
-  void SetUp() override { out_ = TempDir("quantd-auth-"); }
-  void TearDown() override {
-    std::error_code ec;
-    std::filesystem::remove_all(out_, ec);
-  }
-  std::filesystem::path out_;
+  ScratchDir scratch_{"quantd-auth-"};
+  const std::filesystem::path& out_ = scratch_.path();
 };
 
 TEST_F(AuthTest, CallsWithoutAKnownTokenAreUnauthenticatedHealthStaysOpen) {
@@ -350,14 +346,28 @@ TestPki MakePki(const std::filesystem::path& dir) {
   return {dir / "ca.pem", dir / "server.pem", dir / "server.key", dir / "client.pem", dir / "client.key"};
 }
 
-TEST_F(AuthTest, TlsServesEncryptedClientsOnlyAndLocalWorkersStillRun) {
-  auto pki = MakePki(out_ / "pki");
+// quantd with the test tokens, serving TLS with the PKI's server certificate.
+QuantdProcess::Options TlsServerOptions(const TestPki& pki, int local_workers) {
   QuantdProcess::Options options;
-  options.local_workers = 1;
+  options.local_workers = local_workers;
   options.yaml_lines = TokenYaml();
   options.yaml_lines.push_back("tls_cert: " + pki.server_cert.string());
   options.yaml_lines.push_back("tls_key: " + pki.server_key.string());
-  QuantdProcess server(options);
+  return options;
+}
+
+// ListJobs straight on the stub with a deadline: a connection the server
+// refuses fails within it instead of being retried.
+grpc::Status ListJobsWithin(QuantClient& client, std::chrono::seconds deadline) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + deadline);
+  v1::ListJobsResponse listed;
+  return client.stub().ListJobs(&context, v1::ListJobsRequest(), &listed);
+}
+
+TEST_F(AuthTest, TlsServesEncryptedClientsOnlyAndLocalWorkersStillRun) {
+  auto pki = MakePki(out_ / "pki");
+  QuantdProcess server(TlsServerOptions(pki, 1));
 
   ChannelOptions tls;
   tls.ca_cert = pki.ca_cert;
@@ -372,11 +382,7 @@ TEST_F(AuthTest, TlsServesEncryptedClientsOnlyAndLocalWorkersStillRun) {
   ExpectRunsInOnnxRuntime(out_ / "tls" / "model.onnx");
 
   QuantClient plaintext(Channel(server.address(), kAlphaToken));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + seconds(5));
-  v1::ListJobsResponse listed;
-  auto status = plaintext.stub().ListJobs(&context, v1::ListJobsRequest(), &listed);
-  EXPECT_FALSE(status.ok()) << "a plaintext client must not get through to a TLS server";
+  EXPECT_FALSE(ListJobsWithin(plaintext, seconds(5)).ok()) << "a plaintext client must not get through to a TLS server";
 
   auto token_file = out_ / "alpha.token";
   ASSERT_TRUE(WriteFileAtomic(token_file, kAlphaToken).ok());
@@ -388,21 +394,14 @@ TEST_F(AuthTest, TlsServesEncryptedClientsOnlyAndLocalWorkersStillRun) {
 
 TEST_F(AuthTest, MutualTlsRefusesClientsWithoutACertificate) {
   auto pki = MakePki(out_ / "pki");
-  QuantdProcess::Options options;
-  options.local_workers = 0;
-  options.yaml_lines = TokenYaml();
-  options.yaml_lines.push_back("tls_cert: " + pki.server_cert.string());
-  options.yaml_lines.push_back("tls_key: " + pki.server_key.string());
+  auto options = TlsServerOptions(pki, 0);
   options.yaml_lines.push_back("tls_client_ca: " + pki.ca_cert.string());
   QuantdProcess server(options);
 
   ChannelOptions server_only;
   server_only.ca_cert = pki.ca_cert;
   QuantClient anonymous_tls(Channel(server.address(), kAlphaToken, server_only));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + seconds(5));
-  v1::ListJobsResponse listed;
-  auto refused = anonymous_tls.stub().ListJobs(&context, v1::ListJobsRequest(), &listed);
+  auto refused = ListJobsWithin(anonymous_tls, seconds(5));
   EXPECT_FALSE(refused.ok()) << "mutual TLS must refuse a client without a certificate";
 
   ChannelOptions mutual = server_only;
