@@ -516,6 +516,46 @@ TEST(HeavyKernelsConv, FusedActivations) {
   }
 }
 
+// One kernel fed a full batch and then smaller ones (the last batch of a
+// data set): the smaller batches run on the full batch's oneDNN plan, whose
+// last chunk is short of images, and must match the reference all the same.
+TEST(HeavyKernelsConv, SmallerBatchesAfterAFullOne) {
+  struct Layer {
+    int64_t c, m, hw, stride;
+  };
+  uint32_t seed = 850;
+  for (Layer layer : {Layer{32, 64, 14, 1}, Layer{64, 64, 7, 1}, Layer{16, 32, 15, 2}}) {
+    for (bool constant_weights : {true, false}) {
+      for (int threads : {1, 2}) {
+        ref::ConvParams p;
+        p.pads = {1, 1, 1, 1};
+        p.strides = {layer.stride, layer.stride};
+        const Tensor w = Random({layer.m, layer.c, 3, 3}, seed++);
+        const Tensor b = Random({layer.m}, seed++);
+        const onnx::NodeProto node = ConvNode(p, 3).node();
+        KernelInit init{node, 13, NodeAttributes(node), {}};
+        if (constant_weights) init.constant_inputs = {{1, &w}, {2, &b}};
+        auto kernel = (*Registry().Find("", "Conv", 13))(init);
+        ASSERT_TRUE(kernel.ok());
+        for (int64_t n : {32, 20, 7, 1, 32}) {
+          SCOPED_TRACE("C" + std::to_string(layer.c) + " " + std::to_string(layer.hw) + "x" + std::to_string(layer.hw) +
+                       " stride " + std::to_string(layer.stride) + " batch " + std::to_string(n) +
+                       (constant_weights ? " constW" : " runtimeW") + " t" + std::to_string(threads));
+          const Tensor x = Random({n, layer.c, layer.hw, layer.hw}, seed++);
+          auto expected = ref::Conv(x, w, &b, p);
+          ASSERT_TRUE(expected.ok());
+          std::vector<const Tensor*> in = {&x, &w, &b};
+          std::vector<Tensor> out(1);
+          TestThreadPool pool(threads);
+          KernelContext ctx(in, out, pool);
+          ASSERT_TRUE((*kernel)->Compute(ctx).ok());
+          EXPECT_TRUE(Close(out[0], *expected));
+        }
+      }
+    }
+  }
+}
+
 TEST(HeavyKernelsConv, ConcurrentComputeOnOneKernel) {
   ref::ConvParams p;
   p.pads = {1, 1, 1, 1};

@@ -600,7 +600,18 @@ class DnnlConvPlan final : public ConvPlan {
   }
 
   void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
-    const int64_t chunks = g_.n / chunk_;
+    RunImages(x, w, bias, y, pool, g_.n);
+  }
+
+  // Whether RunImages() takes other batch sizes than the plan's: the
+  // primitive then reads and writes only scratch copies, so a last chunk
+  // short of images can run with the rest of its scratch zeroed.
+  bool RunsOtherBatches() const { return src_layout_.kind == Layout::kBlocked && dst_layout_.kind == Layout::kBlocked; }
+
+  // Runs `n` images (the plan's batch, or any where RunsOtherBatches()) in
+  // chunks of the primitive's size, the last one possibly short.
+  void RunImages(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool, int64_t n) const {
+    const int64_t chunks = (n + chunk_ - 1) / chunk_;
     const float* packed = packed_weights_.empty() ? nullptr : packed_weights_.data();
     if (packed == nullptr && !weights_plain_) {
       // Weights computed at run time (e.g. dequantised): re-lay them out once
@@ -615,7 +626,8 @@ class DnnlConvPlan final : public ConvPlan {
     }
     const float* weights = packed != nullptr ? packed : w;
     auto run_chunk = [&](int64_t chunk) {
-      RunChunk(x + chunk * chunk_ * src_image_, weights, bias, y + chunk * chunk_ * dst_image_);
+      RunChunk(x + chunk * chunk_ * src_image_, weights, bias, y + chunk * chunk_ * dst_image_,
+               std::min(chunk_, n - chunk * chunk_));
     };
     if (pool_parallel_) {
       pool.ParallelFor(chunks, 1, [&](int64_t begin, int64_t end) {
@@ -715,7 +727,9 @@ class DnnlConvPlan final : public ConvPlan {
     return true;
   }
 
-  void RunChunk(const float* x, const float* weights, const float* bias, float* y) const {
+  // `images` is below chunk_ only for the last chunk of a batch run through
+  // RunImages(); then the layouts are blocked (RunsOtherBatches()).
+  void RunChunk(const float* x, const float* weights, const float* bias, float* y, int64_t images) const {
     const dnnl::engine& eng = CpuEngine();
     dnnl::stream& stream = ThreadStream();
     const int64_t in_size = g_.in_size(), out_size = g_.out_size();
@@ -723,10 +737,13 @@ class DnnlConvPlan final : public ConvPlan {
     if (src_layout_.kind == Layout::kBlocked) {
       float* buffer = Scratch(kSlotSrc, src_desc_.get_size() / sizeof(float));
       const int64_t image = src_desc_.get_size() / sizeof(float) / static_cast<size_t>(chunk_);
-      for (int64_t b = 0; b < chunk_; ++b) {
+      for (int64_t b = 0; b < images; ++b) {
         ConvertLayout<true>(const_cast<float*>(x) + b * src_image_, buffer + b * image, g_.c, in_size,
                             src_layout_.block);
       }
+      // The missing images' outputs are dropped; zeros keep stale or
+      // uninitialised scratch from feeding the primitive NaNs or denormals.
+      std::fill(buffer + images * image, buffer + chunk_ * image, 0.0f);
       src = buffer;
     } else if (src_layout_.kind == Layout::kOther) {
       float* buffer = Scratch(kSlotSrc, src_desc_.get_size() / sizeof(float));
@@ -748,7 +765,7 @@ class DnnlConvPlan final : public ConvPlan {
     primitive_.execute(stream, args);
     if (dst_layout_.kind == Layout::kBlocked) {
       const int64_t image = dst_desc_.get_size() / sizeof(float) / static_cast<size_t>(chunk_);
-      for (int64_t b = 0; b < chunk_; ++b) {
+      for (int64_t b = 0; b < images; ++b) {
         ConvertLayout<false>(y + b * dst_image_, dst + b * image, g_.m, out_size, dst_layout_.block);
       }
     } else if (dst_layout_.kind == Layout::kOther) {
@@ -772,6 +789,22 @@ class DnnlConvPlan final : public ConvPlan {
   bool weights_plain_ = false;
   std::vector<float> packed_weights_;
   size_t scratch_floats_ = 0;
+};
+
+// A oneDNN plan made for a larger batch, run on a smaller one: whole chunks,
+// then a short last chunk. Spares creating a primitive (about half a
+// millisecond, more than running the layer) for the last, partial batch of
+// a data set.
+class RebatchedDnnlPlan final : public ConvPlan {
+ public:
+  RebatchedDnnlPlan(std::shared_ptr<const DnnlConvPlan> base, int64_t n) : base_(std::move(base)), n_(n) {}
+  void Run(const float* x, const float* w, const float* bias, float* y, ThreadPool& pool) const override {
+    base_->RunImages(x, w, bias, y, pool, n_);
+  }
+
+ private:
+  std::shared_ptr<const DnnlConvPlan> base_;
+  int64_t n_;
 };
 
 // Few input channels (first layers: 1 or 3 channels): computes NCHW output
@@ -1797,12 +1830,27 @@ class ConvKernel final : public Kernel {
       }
     }
     if (algo_ != Algo::kGemm && plan == nullptr) {
-      plan = DnnlConvPlan::Create(g, has_bias, attrs_.activation, constant_w ? weights_.data<float>() : nullptr,
-                                  threads);
+      if (auto larger = DnnlPlanForLargerBatch(key)) {
+        plan = std::make_shared<RebatchedDnnlPlan>(std::move(larger), g.n);
+      } else {
+        plan = DnnlConvPlan::Create(g, has_bias, attrs_.activation, constant_w ? weights_.data<float>() : nullptr,
+                                    threads);
+      }
     }
     if (plan == nullptr) plan = std::make_shared<GemmConvPlan>(g, attrs_.activation);
     plans_.emplace(key, plan);
     return plan;
+  }
+
+  // A oneDNN plan that differs from `key` only in a larger batch (key[0])
+  // and can run smaller ones; nullptr if there is none. Caller holds mutex_.
+  std::shared_ptr<const DnnlConvPlan> DnnlPlanForLargerBatch(const Shape& key) const {
+    for (const auto& [other, plan] : plans_) {
+      if (other[0] <= key[0] || !std::equal(other.begin() + 1, other.end(), key.begin() + 1, key.end())) continue;
+      auto dnnl_plan = std::dynamic_pointer_cast<const DnnlConvPlan>(plan);
+      if (dnnl_plan != nullptr && dnnl_plan->RunsOtherBatches()) return dnnl_plan;
+    }
+    return nullptr;
   }
 
   const onnx::NodeProto node_;  // a copy: the graph may not outlive the kernel
