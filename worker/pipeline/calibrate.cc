@@ -1,12 +1,15 @@
 #include "worker/pipeline/calibrate.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
-#include <future>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
+#include <thread>
 
 #include "worker/calib/dataset.h"
 #include "worker/calib/observer.h"
@@ -111,45 +114,98 @@ StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const on
 // Hands out the batches in order while the next one is read and decoded on
 // a second thread, so file reading and image decoding overlap the runs.
 // Listing the files and decoding the first batch start at construction, so
-// they overlap building the executors.
+// they overlap building the executors. One thread serves the whole data set
+// (starting one per batch cost more than handing a batch over), and it
+// loads a batch only once the previous one was taken, so at most one waits.
 class BatchPrefetcher {
  public:
   using Feeds = std::map<std::string, Tensor>;
 
-  BatchPrefetcher(const CalibrationRequest& request, const onnx::ModelProto& model) {
-    next_ = std::async(std::launch::async, [this, &request, &model]() -> StatusOr<Feeds> {
-      auto opened = OpenBatches(request, model);
-      if (!opened.ok()) return opened.status();
-      batches_ = std::move(opened).value();
-      if (batches_->size() == 0) return Feeds{};
-      return batches_->Load(0);
-    });
-  }
+  BatchPrefetcher(const CalibrationRequest& request, const onnx::ModelProto& model)
+      : loader_([this, &request, &model] { Load(request, model); }) {}
   BatchPrefetcher(const BatchPrefetcher&) = delete;
   BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;
+  // Waits for a load in progress: leaving early (error, cancellation) never
+  // leaves a thread behind.
+  ~BatchPrefetcher() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    loader_.join();
+  }
 
-  // Waits for the file listing; fails as listing the files did.
+  // Waits for the file listing; fails as listing the files did (or
+  // rethrows what it threw).
   StatusOr<const BatchedDataset*> Open() {
-    next_.wait();
-    if (!batches_) return next_.get().status();
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return opened_; });
+    if (thrown_ != nullptr) std::rethrow_exception(thrown_);
+    if (!batches_) return open_status_;
     return &*batches_;
   }
 
-  // Batch `start`, after Open(). A pending load is waited for by the
-  // future's destructor, so leaving early (error, cancellation) never
-  // leaves a thread behind.
-  StatusOr<Feeds> Take(size_t start) {
-    auto feeds = next_.get();
-    if (start + batches_->batch < batches_->size()) {
-      next_ = std::async(std::launch::async, [this, next = start + batches_->batch] { return batches_->Load(next); });
-    }
+  // The next batch, after Open(). Rethrows what loading it threw (an
+  // allocation failing under the job's memory limit).
+  StatusOr<Feeds> Take() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return ready_.has_value() || thrown_ != nullptr; });
+    if (thrown_ != nullptr) std::rethrow_exception(thrown_);
+    StatusOr<Feeds> feeds = std::move(*ready_);
+    ready_.reset();
+    lock.unlock();
+    changed_.notify_all();
     return feeds;
   }
 
  private:
-  // Declared before next_, which is destroyed (and so waited for) first.
-  std::optional<BatchedDataset> batches_;
-  std::future<StatusOr<Feeds>> next_;
+  void Load(const CalibrationRequest& request, const onnx::ModelProto& model) {
+    try {
+      auto opened = OpenBatches(request, model);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (opened.ok()) batches_ = std::move(opened).value();
+        else open_status_ = opened.status();
+        opened_ = true;
+      }
+      changed_.notify_all();
+      if (!batches_) return;
+      for (size_t start = 0; start < batches_->size(); start += batches_->batch) {
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          changed_.wait(lock, [&] { return stop_ || !ready_.has_value(); });
+          if (stop_) return;
+        }
+        auto feeds = batches_->Load(start);
+        const bool failed = !feeds.ok();
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          ready_ = std::move(feeds);
+        }
+        changed_.notify_all();
+        if (failed) return;
+      }
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        thrown_ = std::current_exception();
+        opened_ = true;
+      }
+      changed_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool opened_ = false;
+  bool stop_ = false;
+  Status open_status_;
+  std::optional<BatchedDataset> batches_;  // set once, before opened_
+  std::optional<StatusOr<Feeds>> ready_;
+  std::exception_ptr thrown_;
+  // Last: starts after every member it uses is built.
+  std::thread loader_;
 };
 
 // Options for running a model whose Conv -> Relu/Clip intermediates nobody
@@ -177,7 +233,7 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
   runtime::RunOptions options;
   options.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) { visit(name, value); };
   for (size_t start = 0; start < total; start += batches->batch) {
-    QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take(start));
+    QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take());
     if (request.on_progress && !request.on_progress(start, total)) return Cancelled("calibration cancelled");
     for (const auto& [name, value] : feeds) visit(name, value);
     QUANTD_ASSIGN_OR_RETURN(auto outputs, executor->Run(feeds, options));
@@ -228,7 +284,7 @@ StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, cons
   int64_t compared = 0;
   for (size_t start = 0; start < total; start += batches->batch) {
     if (request.on_progress && !request.on_progress(start, total)) return Cancelled("output comparison cancelled");
-    QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take(start));
+    QUANTD_ASSIGN_OR_RETURN(auto feeds, prefetcher.Take());
     const int64_t batch = static_cast<int64_t>(std::min(batches->batch, total - start));
     QUANTD_ASSIGN_OR_RETURN(auto expected, reference_executor->Run(feeds));
     QUANTD_ASSIGN_OR_RETURN(auto produced, candidate_executor->Run(feeds));
