@@ -2,6 +2,8 @@
 // memory release and in-place reuse, error texts, concurrent runs, dynamic
 // batch shape subgraphs, and elementwise broadcasting against a naive
 // reference.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -545,6 +547,135 @@ TEST(ExecutorTest, TorchStyleDynamicBatchReshape) {
     EXPECT_EQ(out->at("y").shape(), (Shape{batch, 24}));
     EXPECT_EQ(Values(out->at("y")), Values(x));
   }
+}
+
+// ------------------------------------------------ preparing for a batch
+
+// x [N,3,32,32] -> Conv(16, 3x3) -> Relu -> MaxPool 2x2 -> the torch-style
+// Reshape to [N, -1]: activations big enough for the buffer cache, and
+// shape arithmetic the empty-batch probe has to get through.
+ModelProto ConvPoolFlatten() {
+  GraphBuilder g(13);
+  g.Input("x", DataType::kFloat, {-1, 3, 32, 32}, {"batch"});
+  g.Initializer("w", RandomFloats({16, 3, 3, 3}, 21));
+  g.Initializer("b", RandomFloats({16}, 22));
+  g.Initializer("zero", Tensor::Scalar<int64_t>(0));
+  g.Initializer("axes0", Tensor::FromVector<int64_t>({1}, {0}));
+  g.Initializer("minus1", Tensor::FromVector<int64_t>({1}, {-1}));
+  auto& conv = g.Node("Conv", {"x", "w", "b"}, {"c"}, "conv");
+  IntsAttr(conv, "pads", {1, 1, 1, 1});
+  g.Node("Relu", {"c"}, {"r"}, "relu");
+  auto& pool = g.Node("MaxPool", {"r"}, {"p"}, "pool");
+  IntsAttr(pool, "kernel_shape", {2, 2});
+  IntsAttr(pool, "strides", {2, 2});
+  g.Node("Shape", {"p"}, {"shape"});
+  auto& gather = g.Node("Gather", {"shape", "zero"}, {"n"});
+  IntAttr(gather, "axis", 0);
+  g.Node("Unsqueeze", {"n", "axes0"}, {"n1"});
+  auto& concat = g.Node("Concat", {"n1", "minus1"}, {"target"});
+  IntAttr(concat, "axis", 0);
+  g.Node("Reshape", {"p", "target"}, {"y"});
+  g.Output("y");
+  return g.model();
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// The sanitizers' allocators hand out recycled memory, so page faults say
+// nothing about the executor there.
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
+long MinorFaultsOfThisThread() {
+  rusage usage{};
+  getrusage(RUSAGE_THREAD, &usage);
+  return usage.ru_minflt;
+}
+
+// Restores the process-wide buffer cache's limit when a test ends.
+class BufferCacheScope {
+ public:
+  explicit BufferCacheScope(size_t limit) : saved_(TensorBufferCacheLimit()) {
+    SetTensorBufferCacheLimit(0);  // empties it
+    SetTensorBufferCacheLimit(limit);
+  }
+  ~BufferCacheScope() { SetTensorBufferCacheLimit(saved_); }
+
+ private:
+  size_t saved_;
+};
+
+TEST(ExecutorTest, PreparedBatchFindsEveryBufferOfItsFirstRunInTheCache) {
+  const ModelProto model = ConvPoolFlatten();
+  const Tensor x = RandomFloats({8, 3, 32, 32}, 23);
+  for (int64_t prepare_batch : {int64_t{0}, int64_t{8}}) {
+    SCOPED_TRACE("prepare_batch " + std::to_string(prepare_batch));
+    BufferCacheScope cache(256u << 20);
+    ExecutorOptions options;
+    options.prepare_batch = prepare_batch;
+    auto executor = Executor::Create(model, options);
+    ASSERT_TRUE(executor.ok()) << executor.status().message();
+    const size_t after_create = TensorBufferCacheBytes();
+    const long faults_before = MinorFaultsOfThisThread();
+    {
+      auto out = (*executor)->Run({{"x", x}});
+      ASSERT_TRUE(out.ok()) << out.status().message();
+      ASSERT_EQ(out->at("y").shape(), (Shape{8, 16 * 16 * 16}));
+    }
+    const long run_faults = MinorFaultsOfThisThread() - faults_before;
+    const size_t after_run = TensorBufferCacheBytes();
+    // Conv/Relu output (Relu in place) and the pooled output.
+    constexpr size_t kActivationBytes = (8u * 16 * 32 * 32 + 8u * 16 * 16 * 16) * sizeof(float);
+    constexpr long kActivationPages = static_cast<long>(kActivationBytes / 4096);
+    if (prepare_batch == 0) {
+      // Unprepared, the first run allocates its buffers afresh and faults
+      // their pages in.
+      EXPECT_EQ(after_create, 0u);
+      EXPECT_GE(after_run, kActivationBytes);
+      if (!kSanitized) {
+        EXPECT_GE(run_faults, kActivationPages);
+      }
+    } else {
+      // Prepared, they were in the cache with their pages faulted in; the
+      // run took them and gave them back.
+      EXPECT_GE(after_create, kActivationBytes);
+      EXPECT_EQ(after_run, after_create);
+      if (!kSanitized) {
+        EXPECT_LT(run_faults, kActivationPages / 4);
+      }
+    }
+  }
+}
+
+TEST(ExecutorTest, PreparationMatchesUnpreparedRunsAndSurvivesModelsItCannotProbe) {
+  const ModelProto model = ConvPoolFlatten();
+  ExecutorOptions prepared_options;
+  prepared_options.prepare_batch = 8;
+  auto prepared = Executor::Create(model, prepared_options);
+  auto plain = MustCreate(model);
+  ASSERT_TRUE(prepared.ok() && plain);
+  // Full batches and the smaller last one give the same values either way.
+  for (int64_t batch : {8, 5, 8}) {
+    const Tensor x = RandomFloats({batch, 3, 32, 32}, static_cast<uint32_t>(30 + batch));
+    auto expected = plain->Run({{"x", x}});
+    auto actual = (*prepared)->Run({{"x", x}});
+    ASSERT_TRUE(expected.ok() && actual.ok());
+    EXPECT_EQ(Values(actual->at("y")), Values(expected->at("y")));
+  }
+  // A Reshape to a fixed batch refuses the empty probe batch: Create() still
+  // succeeds and runs are unaffected.
+  GraphBuilder g(13);
+  g.Input("x", DataType::kFloat, {-1, 4, 8}, {"batch"});
+  g.Initializer("fixed", Tensor::FromVector<int64_t>({2}, {2, 32}));
+  g.Node("Reshape", {"x", "fixed"}, {"y"});
+  g.Output("y");
+  auto fixed = Executor::Create(g.model(), prepared_options);
+  ASSERT_TRUE(fixed.ok()) << fixed.status().message();
+  const Tensor x = RandomFloats({2, 4, 8}, 40);
+  auto out = (*fixed)->Run({{"x", x}});
+  ASSERT_TRUE(out.ok()) << out.status().message();
+  EXPECT_EQ(Values(out->at("y")), Values(x));
 }
 
 // ------------------------------------------------- broadcasting reference

@@ -96,19 +96,22 @@ struct BatchedDataset {
   }
 };
 
+// Samples per run: several only where every fed input leaves the batch
+// dimension open.
+size_t BatchSize(const CalibrationRequest& request, const std::vector<runtime::TensorInfo>& inputs) {
+  const bool batchable = std::all_of(inputs.begin(), inputs.end(), [](const runtime::TensorInfo& input) {
+    return input.has_shape && !input.shape.empty() && input.shape[0] < 0;
+  });
+  return batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
+}
+
 StatusOr<BatchedDataset> OpenBatches(const CalibrationRequest& request, const onnx::ModelProto& model) {
   std::vector<calib::InputSpec> specs;
-  bool batchable = true;
-  for (const auto& input : runtime::FedInputs(model)) {
-    specs.push_back({input.name, input.dtype, input.shape});
-    // Several samples run as one batch only where the model leaves the
-    // batch dimension open.
-    batchable = batchable && input.has_shape && !input.shape.empty() && input.shape[0] < 0;
-  }
+  const auto inputs = runtime::FedInputs(model);
+  for (const auto& input : inputs) specs.push_back({input.name, input.dtype, input.shape});
   QUANTD_ASSIGN_OR_RETURN(auto dataset, calib::CalibrationDataset::Open(request.config->preprocess, request.folders,
                                                                         specs, request.image_limits));
-  const size_t batch = batchable ? static_cast<size_t>(std::max(1, request.batch_size)) : 1;
-  return BatchedDataset{std::move(specs), std::move(dataset), batch};
+  return BatchedDataset{std::move(specs), std::move(dataset), BatchSize(request, inputs)};
 }
 
 // Hands out the batches in order while the next one is read and decoded on
@@ -209,12 +212,14 @@ class BatchPrefetcher {
 };
 
 // Options for running a model whose Conv -> Relu/Clip intermediates nobody
-// needs, except those in `keep_unfused`.
-runtime::ExecutorOptions FusedExecution(int num_threads, std::set<std::string> keep_unfused = {}) {
+// needs, except those in `keep_unfused`, prepared for a full batch.
+runtime::ExecutorOptions FusedExecution(const CalibrationRequest& request, const onnx::ModelProto& model,
+                                        std::set<std::string> keep_unfused = {}) {
   runtime::ExecutorOptions options;
-  options.num_threads = num_threads;
+  options.num_threads = request.num_threads;
   options.fuse_activations = true;
   options.keep_unfused = std::move(keep_unfused);
+  options.prepare_batch = static_cast<int64_t>(BatchSize(request, runtime::FedInputs(model)));
   return options;
 }
 
@@ -227,7 +232,7 @@ Status RunOverDataset(const CalibrationRequest& request, const onnx::ModelProto&
                       const std::function<void(const std::string&, const Tensor&)>& visit, size_t* samples) {
   BatchPrefetcher prefetcher(request, model);
   QUANTD_ASSIGN_OR_RETURN(auto executor,
-                          runtime::Executor::Create(model, FusedExecution(request.num_threads, keep_unfused)));
+                          runtime::Executor::Create(model, FusedExecution(request, model, keep_unfused)));
   QUANTD_ASSIGN_OR_RETURN(const BatchedDataset* batches, prefetcher.Open());
   const size_t total = batches->size();
   runtime::RunOptions options;
@@ -273,9 +278,9 @@ StatusOr<OutputAgreement> CompareOutputs(const CalibrationRequest& request, cons
   // Only graph outputs are compared, so both models may run fused.
   BatchPrefetcher prefetcher(request, *request.model);
   QUANTD_ASSIGN_OR_RETURN(auto reference_executor,
-                          runtime::Executor::Create(*request.model, FusedExecution(request.num_threads)));
+                          runtime::Executor::Create(*request.model, FusedExecution(request, *request.model)));
   QUANTD_ASSIGN_OR_RETURN(auto candidate_executor,
-                          runtime::Executor::Create(candidate, FusedExecution(request.num_threads)));
+                          runtime::Executor::Create(candidate, FusedExecution(request, candidate)));
   QUANTD_ASSIGN_OR_RETURN(const BatchedDataset* batches, prefetcher.Open());
   const size_t total = batches->size();
   if (total == 0) return FailedPrecondition("CALIBRATION_EMPTY", "the calibration set has no samples");

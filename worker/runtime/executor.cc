@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
+#include <utility>
 #include <unordered_map>
 
 
@@ -324,7 +326,86 @@ Status Executor::Build(const onnx::ModelProto& model, const ExecutorOptions& opt
       }
     }
   }
+  if (options.prepare_batch > 0) PrepareForBatch(options.prepare_batch);
   return Status::Ok();
+}
+
+void Executor::PrepareForBatch(int64_t batch) {
+  // Every tensor's shape, from a run on empty batches: kernels work shapes
+  // out without touching data. Models that need other dims fixed, or whose
+  // kernels refuse empty inputs, are left unprepared.
+  std::map<std::string, Tensor> feeds;
+  for (const TensorInfo& input : inputs_) {
+    if (input.optional) continue;
+    const bool probeable = input.has_shape && !input.shape.empty() && input.shape[0] < 0 && IsSupported(input.dtype) &&
+                           std::all_of(input.shape.begin() + 1, input.shape.end(), [](int64_t d) { return d >= 0; });
+    if (!probeable) return;
+    Shape empty = input.shape;
+    empty[0] = 0;
+    feeds[input.name] = Tensor(input.dtype, empty);
+  }
+  std::vector<std::optional<std::pair<DataType, Shape>>> full(slot_names_.size());
+  RunOptions probe;
+  probe.tap = [&](const onnx::NodeProto&, int, const std::string& name, const Tensor& value) {
+    const int slot = slot_by_name_.at(name);
+    if (slot_kind_[static_cast<size_t>(slot)] != SlotKind::kRun || value.rank() == 0 || value.dim(0) != 0) return;
+    Shape shape = value.shape();
+    shape[0] = batch;
+    if (std::any_of(shape.begin() + 1, shape.end(), [](int64_t d) { return d <= 0; })) return;
+    full[static_cast<size_t>(slot)] = {value.dtype(), std::move(shape)};
+  };
+  (void)Run(feeds, probe);
+
+  // Replays one full run's allocations and releases without computing:
+  // buffers are taken as the kernels would take them (a view shares its
+  // input's, an in-place kernel takes over a donated input of its size),
+  // written once so their pages are faulted in, and given back to the
+  // buffer cache as the run would free them, where the first real run
+  // finds them.
+  std::vector<Tensor> held(slot_names_.size());
+  std::vector<const Shape*> input_shapes;
+  for (const Step& step : steps_) {
+    if (!step.kernel) continue;
+    input_shapes.clear();
+    for (int slot : step.input_slots) {
+      const Shape* shape = nullptr;
+      if (slot >= 0 && slot_kind_[static_cast<size_t>(slot)] == SlotKind::kConstant) {
+        shape = &constants_[static_cast<size_t>(slot)].shape();
+      } else if (slot >= 0 && full[static_cast<size_t>(slot)]) {
+        shape = &full[static_cast<size_t>(slot)]->second;
+      }
+      input_shapes.push_back(shape);
+    }
+    step.kernel->Prepare(input_shapes, pool_->num_threads());
+
+    const std::string& op = nodes_[static_cast<size_t>(step.node_index)].op_type();
+    const bool view = op == "Reshape" || op == "Flatten" || op == "Squeeze" || op == "Unsqueeze" || op == "Identity";
+    for (size_t o = 0; o < step.output_slots.size(); ++o) {
+      const int slot = step.output_slots[o];
+      if (slot < 0 || !full[static_cast<size_t>(slot)]) continue;
+      const auto& [dtype, shape] = *full[static_cast<size_t>(slot)];
+      Tensor& out = held[static_cast<size_t>(slot)];
+      if (view && o == 0 && !step.input_slots.empty() && step.input_slots[0] >= 0) {
+        out = held[static_cast<size_t>(step.input_slots[0])];
+        continue;
+      }
+      const size_t bytes = static_cast<size_t>(NumElements(shape)) * ElementSize(dtype);
+      for (int i : step.donatable) {
+        Tensor& donor = held[static_cast<size_t>(step.input_slots[static_cast<size_t>(i)])];
+        if (donor.defined() && donor.bytes() == bytes && donor.buffer_use_count() == 1) {
+          out = std::move(donor);
+          donor = Tensor();
+          break;
+        }
+      }
+      if (!out.defined()) out = Tensor::Zeros(dtype, shape);
+    }
+    for (int o : step.unread_outputs) {
+      const int slot = step.output_slots[static_cast<size_t>(o)];
+      if (slot >= 0) held[static_cast<size_t>(slot)] = Tensor();
+    }
+    for (int slot : step.release) held[static_cast<size_t>(slot)] = Tensor();
+  }
 }
 
 StatusOr<std::map<std::string, Tensor>> Executor::Run(const std::map<std::string, Tensor>& feeds,

@@ -52,6 +52,14 @@ struct ExecutorOptions {
   // keep_unfused are never fused away.
   bool fuse_activations = false;
   std::set<std::string> keep_unfused = {};
+  // The batch size runs will mostly have (a calibration batch). Where every
+  // fed input has a known shape but an open first dimension, Create() then
+  // runs the graph once on empty batches to learn each tensor's shape, lets
+  // kernels set up for full batches and faults in the buffers one full run
+  // takes; otherwise all of that lands on the first run (a fresh page costs
+  // microseconds). Tensors whose first dimension is not the batch are
+  // skipped. 0: no preparation.
+  int64_t prepare_batch = 0;
 };
 
 // Called once for every tensor a node produces (every non-empty output
@@ -112,6 +120,7 @@ class Executor {
   enum class SlotKind { kRun, kConstant };
 
   Status Build(const onnx::ModelProto& model, const ExecutorOptions& options);
+  void PrepareForBatch(int64_t batch);
   int SlotOf(const std::string& name);
 
   std::vector<onnx::NodeProto> nodes_;

@@ -93,6 +93,11 @@ class Kernel {
  public:
   virtual ~Kernel() = default;
   virtual Status Compute(KernelContext& ctx) const = 0;
+  // Called by Executor::Create() with the input shapes a run is expected to
+  // bring (nullptr where unknown or absent), so per-shape set-up (plans,
+  // JIT code) happens before the first run instead of inside it. Best
+  // effort: a kernel that cannot use the shapes ignores them.
+  virtual void Prepare(const std::vector<const Shape*>& /*input_shapes*/, int /*num_threads*/) const {}
 };
 
 using KernelFactory = std::function<StatusOr<std::unique_ptr<Kernel>>(const KernelInit& init)>;

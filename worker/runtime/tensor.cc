@@ -83,6 +83,11 @@ class BufferCache {
     }
   }
 
+  size_t limit() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return limit_;
+  }
+
   size_t cached_bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
     return cached_bytes_;
@@ -141,6 +146,7 @@ void UnpackInt4(const uint8_t* packed, int64_t count, bool is_signed, uint8_t* o
 }  // namespace
 
 void SetTensorBufferCacheLimit(size_t bytes) { BufferCache::Get().SetLimit(bytes); }
+size_t TensorBufferCacheLimit() { return BufferCache::Get().limit(); }
 size_t TensorBufferCacheBytes() { return BufferCache::Get().cached_bytes(); }
 
 float HalfToFloat(uint16_t h) {

@@ -71,6 +71,7 @@ uint16_t FloatToBfloat16(float value);
 // pages fault on first touch, which costs more than most ops). The cache
 // holds at most `bytes` (default 256 MiB); 0 frees it and disables caching.
 void SetTensorBufferCacheLimit(size_t bytes);
+size_t TensorBufferCacheLimit();
 size_t TensorBufferCacheBytes();
 
 using Shape = std::vector<int64_t>;

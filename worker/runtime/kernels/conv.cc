@@ -1795,6 +1795,15 @@ class ConvKernel final : public Kernel {
     return Status::Ok();
   }
 
+  void Prepare(const std::vector<const Shape*>& input_shapes, int num_threads) const override {
+    if (input_shapes.size() < 2 || input_shapes[0] == nullptr || input_shapes[1] == nullptr) return;
+    auto g = ResolveConv(node_, attrs_, *input_shapes[0], *input_shapes[1]);
+    if (!g.ok() || NumElements(OutputShape(*g)) == 0) return;
+    const bool has_bias = node_.input_size() > 2 && !node_.input(2).empty();
+    // Weights given at load time are the ones every run passes.
+    (void)GetPlan(*g, has_bias, weights_.defined(), num_threads);
+  }
+
  private:
   std::shared_ptr<const ConvPlan> GetPlan(const ConvGeometry& g, bool has_bias, bool constant_w, int threads) const {
     Shape key = {g.n, g.c, g.m, has_bias, constant_w, threads};
