@@ -851,21 +851,34 @@ __attribute__((always_inline)) inline void DirectConvTile(const DirectConvArgs& 
     }
   }
   const int64_t plane = a.out_h * a.out_w;
-  for (int64_t o = 0; o < valid_oc; ++o) {
+  // A full-width store of a partial vector spills into the following rows
+  // of the same plane, which are computed (and overwritten) later; only the
+  // plane's last row must stop at its end.
+  bool whole[NV];
+  for (int j = 0; j < NV; ++j) {
+    const int64_t col = (v0 + j) * VL;
+    whole[j] = col + VL <= a.out_w || (oh * a.out_w + col + VL) <= plane;
+  }
+  auto store_channel = [&](int o) __attribute__((always_inline)) {
     float* out = y + o * plane + oh * a.out_w;
     for (int j = 0; j < NV; ++j) {
       const int64_t col = (v0 + j) * VL;
-      const int64_t n = std::min<int64_t>(VL, a.out_w - col);
-      // A full-width store of a partial vector spills into the following
-      // rows of the same plane, which are computed (and overwritten) later.
-      if (n == VL || (oh * a.out_w + col + VL) <= plane) {
+      if (whole[j]) {
         std::memcpy(out + col, &acc[o][j], sizeof(Vec));
       } else {
         float lanes[VL];
         std::memcpy(lanes, &acc[o][j], sizeof(Vec));
-        for (int64_t i = 0; i < n; ++i) out[col + i] = lanes[i];
+        for (int64_t i = 0; i < std::min<int64_t>(VL, a.out_w - col); ++i) out[col + i] = lanes[i];
       }
     }
+  };
+  if (valid_oc == 8) {
+    // A constant channel count keeps the accumulators in registers; a loop
+    // bound known only at run time made GCC store them all to the stack.
+#pragma GCC unroll 8
+    for (int o = 0; o < 8; ++o) store_channel(o);
+  } else {
+    for (int o = 0; o < valid_oc; ++o) store_channel(o);
   }
 }
 
