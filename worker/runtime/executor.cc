@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <exception>
 #include <optional>
-#include <utility>
 #include <unordered_map>
+#include <utility>
 
 
 #include "worker/onnx/graph_view.h"
