@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "worker/onnx/graph_view.h"
 #include "worker/onnx/tensor_util.h"
+#include "worker/runtime/executor.h"
 
 namespace quantd {
 namespace {
@@ -219,6 +221,85 @@ TEST(FullQuantTest, NvgpuUsesInt8SymmetricActivations) {
     EXPECT_EQ(zero_point->raw_data(), std::string(1, '\0'));
   }
   EXPECT_GE(quantize_nodes, 4);
+}
+
+// The model's logits for a fixed input, run in quantd's executor.
+std::vector<float> Logits(const onnx::ModelProto& model) {
+  auto executor = runtime::Executor::Create(model, {});
+  EXPECT_TRUE(executor.ok()) << executor.status().message();
+  if (!executor.ok()) return {};
+  runtime::Tensor input(runtime::DataType::kFloat, {1, 2, 4, 4});
+  for (int64_t i = 0; i < input.size(); ++i) input.data<float>()[i] = std::sin(0.7f * static_cast<float>(i));
+  auto outputs = (*executor)->Run({{"input", input}});
+  EXPECT_TRUE(outputs.ok()) << outputs.status().message();
+  if (!outputs.ok()) return {};
+  const runtime::Tensor& logits = outputs->at("logits");
+  return {logits.data<float>(), logits.data<float>() + logits.size()};
+}
+
+TEST(FullQuantTest, PadsTheInputChannelsOfAConvReadingAGraphInputToAMultipleOfFour) {
+  auto model = SmallConvNet();  // the input has 2 channels
+  ASSERT_TRUE(QuantizeStatic(model, Table(), {}).ok());
+  ASSERT_EQ(ConvInputsToPad(model), 1);
+  const auto* conv = FindNode(model.graph(), "conv");
+  const std::string weight_name = model.graph().node(GraphView(model.graph()).ProducerIndex(conv->input(1))).input(0);
+  const std::string weights_before = GraphView(model.graph()).Initializer(weight_name)->raw_data();
+  const std::vector<float> expected = Logits(model);
+
+  auto padded = model;
+  ASSERT_EQ(PadConvInputChannels(padded), 1);
+  EXPECT_EQ(ConvInputsToPad(padded), 0) << "padding twice changes nothing";
+  const auto& graph = padded.graph();
+  GraphView view(graph);
+  // input -> Pad (2 zero channels at the end of dim 1) -> QuantizeLinear.
+  const auto& pad = graph.node(0);
+  ASSERT_EQ(pad.op_type(), "Pad");
+  EXPECT_EQ(pad.input(0), "input");
+  const auto* pads = view.Initializer(pad.input(1));
+  ASSERT_NE(pads, nullptr);
+  ASSERT_EQ(pads->data_type(), onnx_type::kInt64);
+  std::vector<int64_t> pad_values(pads->raw_data().size() / sizeof(int64_t));
+  std::memcpy(pad_values.data(), pads->raw_data().data(), pads->raw_data().size());
+  EXPECT_EQ(pad_values, (std::vector<int64_t>{0, 0, 0, 0, 0, 2, 0, 0}));
+  const auto& readers = view.ConsumerIndices(pad.output(0));
+  ASSERT_EQ(readers.size(), 1u);
+  EXPECT_EQ(graph.node(readers[0]).op_type(), "QuantizeLinear");
+  // Weights [3, 2, 3, 3] -> [3, 4, 3, 3]: each filter's old taps, then zeros.
+  const auto* weights = view.Initializer(weight_name);
+  ASSERT_NE(weights, nullptr);
+  EXPECT_EQ(DimsOf(*weights), (std::vector<int64_t>{3, 4, 3, 3}));
+  const std::string& raw = weights->raw_data();
+  ASSERT_EQ(raw.size(), 3u * 4 * 9);
+  for (size_t m = 0; m < 3; ++m) {
+    EXPECT_EQ(raw.substr(m * 36, 18), weights_before.substr(m * 18, 18)) << "filter " << m;
+    EXPECT_EQ(raw.substr(m * 36 + 18, 18), std::string(18, '\0')) << "filter " << m;
+  }
+  // The outputs do not change.
+  const std::vector<float> actual = Logits(padded);
+  ASSERT_EQ(actual.size(), expected.size());
+  ASSERT_FALSE(expected.empty());
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-5f) << i;
+}
+
+TEST(FullQuantTest, LeavesConvInputsAloneThatOthersReadOrThatAreNotGraphInputs) {
+  // The graph input is also read by another node: padding it would change
+  // what that node sees.
+  auto shared = SmallConvNet();
+  ASSERT_TRUE(QuantizeStatic(shared, Table(), {}).ok());
+  auto* identity = shared.mutable_graph()->add_node();
+  identity->set_op_type("Identity");
+  identity->set_name("copy");
+  identity->add_input("input");
+  identity->add_output("input_copy");
+  AddValue(shared.mutable_graph()->add_output(), "input_copy", {1, 2, 4, 4});
+  EXPECT_EQ(ConvInputsToPad(shared), 0);
+  EXPECT_EQ(PadConvInputChannels(shared), 0);
+  // The Conv itself kept in float: no int8 weights to pad.
+  auto skipped = SmallConvNet();
+  FullQuantOptions options;
+  options.skip_quant_node = {"conv"};
+  ASSERT_TRUE(QuantizeStatic(skipped, Table(), options).ok());
+  EXPECT_EQ(ConvInputsToPad(skipped), 0);
 }
 
 }  // namespace

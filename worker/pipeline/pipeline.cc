@@ -432,7 +432,19 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
       QUANTD_ASSIGN_OR_RETURN(calibration_sha256, CalibrationDigest(folders));
     }
     AddProvenance(model, model_sha256, Sha256Hex(request.config_text), calibration_sha256);
-    QUANTD_RETURN_IF_ERROR(SaveModel(model, output_path));
+    const bool for_cpu_runtime = config.common.quant_type == config::QuantType::kFullQuant &&
+                                 config.full.target_device != config::TargetDevice::kNvGpu;
+    if (for_cpu_runtime && ConvInputsToPad(model) > 0) {
+      // The file gets the padding; the debug report, which pairs layers with
+      // the original model's by name and shape, keeps the model as it was.
+      onnx::ModelProto padded = model;
+      const int convs = PadConvInputChannels(padded);
+      observer.OnLog(LogLevel::kInfo, "padded the input channels of " + std::to_string(convs) +
+                                          " Conv layer(s) to a multiple of 4 for ONNX Runtime's int8 kernels");
+      QUANTD_RETURN_IF_ERROR(SaveModel(padded, output_path));
+    } else {
+      QUANTD_RETURN_IF_ERROR(SaveModel(model, output_path));
+    }
     result.artifacts.push_back(output_path);
     return Status::Ok();
   }));

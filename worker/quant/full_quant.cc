@@ -119,7 +119,93 @@ std::vector<float> WeightErrorShift(const onnx::NodeProto& node, const std::vect
   return shift;
 }
 
+// A quantized Conv whose input channels PadConvInputChannels pads.
+struct PaddableConv {
+  int quantize = -1;     // the QuantizeLinear reading the graph input
+  int weight = -1;       // the int8 weight initializer
+  std::string input;     // the graph input
+  int64_t channels = 0;  // input channels now; padded to a multiple of 4
+};
+
+std::vector<PaddableConv> FindPaddableConvs(const onnx::ModelProto& model) {
+  if (DefaultOpset(model) < 11) return {};  // Pad takes its pads as an input from opset 11
+  const onnx::GraphProto& graph = model.graph();
+  GraphView view(graph);
+  // The tensor's only reader, or -1.
+  auto only_reader = [&](const std::string& tensor) {
+    const auto& readers = view.ConsumerIndices(tensor);
+    return readers.size() == 1 && !view.IsGraphOutput(tensor) ? readers[0] : -1;
+  };
+  // The DequantizeLinear producing `tensor` for `reader` alone, or nullptr.
+  auto private_dequantize = [&](const std::string& tensor, int reader) -> const onnx::NodeProto* {
+    const int producer = view.ProducerIndex(tensor);
+    if (producer < 0 || only_reader(tensor) != reader) return nullptr;
+    const auto& node = graph.node(producer);
+    return node.op_type() == "DequantizeLinear" && IsDefaultDomain(node.domain()) ? &node : nullptr;
+  };
+  std::vector<PaddableConv> found;
+  for (int index = 0; index < graph.node_size(); ++index) {
+    const auto& conv = graph.node(index);
+    if (conv.op_type() != "Conv" || !IsDefaultDomain(conv.domain()) || conv.input_size() < 2) continue;
+    if (IntAttribute(conv, "group", 1) != 1) continue;
+    const onnx::NodeProto* input_dq = private_dequantize(conv.input(0), index);
+    const onnx::NodeProto* weight_dq = private_dequantize(conv.input(1), index);
+    if (input_dq == nullptr || weight_dq == nullptr) continue;
+    const int weight = view.InitializerIndex(weight_dq->input(0));
+    if (weight < 0 || only_reader(weight_dq->input(0)) != view.ProducerIndex(conv.input(1))) continue;
+    const auto& weights = graph.initializer(weight);
+    if (weights.data_type() != onnx_type::kInt8 || weights.dims_size() != 4 || !weights.has_raw_data()) continue;
+    const int64_t channels = weights.dims(1);
+    if (channels % 4 == 0) continue;
+    const int quantize = view.ProducerIndex(input_dq->input(0));
+    if (quantize < 0 || only_reader(input_dq->input(0)) != view.ProducerIndex(conv.input(0))) continue;
+    const auto& q = graph.node(quantize);
+    if (q.op_type() != "QuantizeLinear" || q.input_size() == 0) continue;
+    const std::string& input = q.input(0);
+    if (!view.IsGraphInput(input) || view.Initializer(input) != nullptr || only_reader(input) != quantize) continue;
+    found.push_back({quantize, weight, input, channels});
+  }
+  return found;
+}
+
 }  // namespace
+
+int ConvInputsToPad(const onnx::ModelProto& model) { return static_cast<int>(FindPaddableConvs(model).size()); }
+
+int PadConvInputChannels(onnx::ModelProto& model) {
+  const std::vector<PaddableConv> convs = FindPaddableConvs(model);
+  if (convs.empty()) return 0;
+  NameAllocator names(model);
+  onnx::GraphProto& graph = *model.mutable_graph();
+  std::vector<onnx::NodeProto> pads;
+  for (const PaddableConv& conv : convs) {
+    const int64_t padded = (conv.channels + 3) / 4 * 4;
+    // Weights [M, C, kh, kw] -> [M, padded, kh, kw], the new taps zero.
+    onnx::TensorProto& weights = *graph.mutable_initializer(conv.weight);
+    const int64_t filters = weights.dims(0), taps = weights.dims(2) * weights.dims(3);
+    const std::string& old_raw = weights.raw_data();
+    std::string raw(static_cast<size_t>(filters * padded * taps), '\0');
+    for (int64_t m = 0; m < filters; ++m) {
+      std::copy_n(old_raw.data() + m * conv.channels * taps, conv.channels * taps, raw.data() + m * padded * taps);
+    }
+    weights.set_raw_data(std::move(raw));
+    weights.set_dims(1, padded);
+    // Pad's `pads` input: begin N, C, H, W, then end N, C, H, W.
+    const std::string pads_name = names.Make(conv.input + "_channel_pads");
+    const int64_t pad_dims[] = {8};
+    const int64_t pad_values[] = {0, 0, 0, 0, 0, padded - conv.channels, 0, 0};
+    *graph.add_initializer() = MakeInt64Tensor(pads_name, pad_dims, pad_values);
+    const std::string padded_input = names.Make(conv.input + "_padded");
+    pads.push_back(MakeNode("Pad", names.Make(conv.input + "_Pad"), {conv.input, pads_name}, padded_input));
+    graph.mutable_node(conv.quantize)->set_input(0, padded_input);
+  }
+  // The Pads read graph inputs only, so they may go first.
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+  for (auto& pad : pads) *nodes.Add() = std::move(pad);
+  for (auto& node : *graph.mutable_node()) *nodes.Add() = std::move(node);
+  graph.mutable_node()->Swap(&nodes);
+  return static_cast<int>(convs.size());
+}
 
 bool IsQuantizableOp(const std::string& op_type) {
   static const std::set<std::string> kOps = {

@@ -75,4 +75,18 @@ bool IsQuantizableOp(const std::string& op_type);
 StatusOr<FullQuantReport> QuantizeStatic(onnx::ModelProto& model, const CalibrationTable& table,
                                          const FullQuantOptions& options);
 
+// ONNX Runtime's CPU int8 convolution takes its fast (indirect) path only
+// when the input channel count is a multiple of 4; other counts, such as
+// the grayscale or RGB image a first layer reads, go through im2col and a
+// generic integer GEMM, several times slower than the float layer. For
+// each Conv (group 1, int8 weights) that reads a graph input through its
+// own QuantizeLinear/DequantizeLinear pair, PadConvInputChannels appends
+// zero channels to that input (a Pad ahead of the QuantizeLinear) and zero
+// filter taps to the weights, which changes no output, and returns how many
+// Conv nodes it padded. It runs on QuantizeStatic's output, for models
+// meant for ONNX Runtime's CPU provider; ConvInputsToPad counts without
+// changing anything.
+int ConvInputsToPad(const onnx::ModelProto& model);
+int PadConvInputChannels(onnx::ModelProto& model);
+
 }  // namespace quantd
