@@ -522,21 +522,25 @@ TEST(ThreadPoolTest, ParallelForCoversEachIndexOnce) {
 
 // ------------------------------------------------- dynamic batch reshapes
 
-TEST(ExecutorTest, TorchStyleDynamicBatchReshape) {
-  // x [N,C,H,W] -> Shape -> Gather(0) -> Unsqueeze -> Concat([-1]) ->
-  // Reshape: the flatten pattern torch.onnx emits for x.view(x.size(0), -1).
-  GraphBuilder g(13);
-  g.Input("x", DataType::kFloat, {-1, 2, 3, 4}, {"batch"});
+// y = x reshaped to [N, -1] the way torch.onnx exports x.view(x.size(0), -1):
+// Shape -> Gather(0) -> Unsqueeze -> Concat([-1]) -> Reshape.
+void AddTorchFlatten(GraphBuilder& g, const std::string& x, const std::string& y) {
   g.Initializer("zero", Tensor::Scalar<int64_t>(0));
   g.Initializer("axes0", Tensor::FromVector<int64_t>({1}, {0}));
   g.Initializer("minus1", Tensor::FromVector<int64_t>({1}, {-1}));
-  g.Node("Shape", {"x"}, {"shape"});
+  g.Node("Shape", {x}, {"shape"});
   auto& gather = g.Node("Gather", {"shape", "zero"}, {"n"});
   IntAttr(gather, "axis", 0);
   g.Node("Unsqueeze", {"n", "axes0"}, {"n1"});
   auto& concat = g.Node("Concat", {"n1", "minus1"}, {"target"});
   IntAttr(concat, "axis", 0);
-  g.Node("Reshape", {"x", "target"}, {"y"});
+  g.Node("Reshape", {x, "target"}, {y});
+}
+
+TEST(ExecutorTest, TorchStyleDynamicBatchReshape) {
+  GraphBuilder g(13);
+  g.Input("x", DataType::kFloat, {-1, 2, 3, 4}, {"batch"});
+  AddTorchFlatten(g, "x", "y");
   g.Output("y");
   auto executor = MustCreate(g.model());
   ASSERT_TRUE(executor);
@@ -559,22 +563,13 @@ ModelProto ConvPoolFlatten() {
   g.Input("x", DataType::kFloat, {-1, 3, 32, 32}, {"batch"});
   g.Initializer("w", RandomFloats({16, 3, 3, 3}, 21));
   g.Initializer("b", RandomFloats({16}, 22));
-  g.Initializer("zero", Tensor::Scalar<int64_t>(0));
-  g.Initializer("axes0", Tensor::FromVector<int64_t>({1}, {0}));
-  g.Initializer("minus1", Tensor::FromVector<int64_t>({1}, {-1}));
   auto& conv = g.Node("Conv", {"x", "w", "b"}, {"c"}, "conv");
   IntsAttr(conv, "pads", {1, 1, 1, 1});
   g.Node("Relu", {"c"}, {"r"}, "relu");
   auto& pool = g.Node("MaxPool", {"r"}, {"p"}, "pool");
   IntsAttr(pool, "kernel_shape", {2, 2});
   IntsAttr(pool, "strides", {2, 2});
-  g.Node("Shape", {"p"}, {"shape"});
-  auto& gather = g.Node("Gather", {"shape", "zero"}, {"n"});
-  IntAttr(gather, "axis", 0);
-  g.Node("Unsqueeze", {"n", "axes0"}, {"n1"});
-  auto& concat = g.Node("Concat", {"n1", "minus1"}, {"target"});
-  IntAttr(concat, "axis", 0);
-  g.Node("Reshape", {"p", "target"}, {"y"});
+  AddTorchFlatten(g, "p", "y");
   g.Output("y");
   return g.model();
 }
