@@ -294,6 +294,9 @@ class SoftmaxKernel final : public Kernel {
     return DispatchFloat(in->dtype(), [&](auto tag) -> Status {
       using T = typename decltype(tag)::type;
       Tensor& out = BroadcastOutput(ctx, in->dtype(), in->shape(), 1);
+      // An empty input (an empty batch, or an empty axis to normalise over)
+      // has nothing to compute, and the rows below would read past it.
+      if (out.size() == 0) return Status::Ok();
       const T* x = in->data<T>();
       T* y = out.data<T>();
       int64_t block = n * inner;
