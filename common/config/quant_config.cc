@@ -19,6 +19,7 @@ namespace {
 constexpr std::string_view kCommon = "common_quant_param";
 constexpr std::string_view kMixedBit = "mixed_bit_weight_quant_param";
 constexpr std::string_view kFull = "full_quant_param";
+constexpr std::string_view kDynamic = "dynamic_quant_param";
 constexpr std::string_view kPreprocess = "data_preprocess_param";
 
 struct SectionSchema {
@@ -33,10 +34,10 @@ const std::vector<SectionSchema>& Schema() {
         "debug_info_save_path"}},
       {kMixedBit, {"init_scale", "auto_tune"}},
       {kFull, {"activation_quant_method", "bias_correction", "target_device"}},
+      {kDynamic, {"operator_form"}},
       {kPreprocess,
-       {"calibrate_path", "calibrate_size", "input_type", "image_to_format", "normalize_mean",
-        "normalize_std", "resize_width", "resize_height", "resize_method", "center_crop_width",
-        "center_crop_height"}},
+       {"calibrate_path", "calibrate_size", "input_type", "image_to_format", "normalize_mean", "normalize_std",
+        "resize_width", "resize_height", "resize_method", "center_crop_width", "center_crop_height"}},
   };
   return schema;
 }
@@ -639,6 +640,10 @@ const std::vector<std::pair<std::string_view, TargetDevice>> kTargetSpellings = 
     {"DEFAULT", TargetDevice::kDefault},
     {"NVGPU", TargetDevice::kNvGpu},
 };
+const std::vector<std::pair<std::string_view, DynamicOperatorForm>> kOperatorFormSpellings = {
+    {"ORT_FUSED", DynamicOperatorForm::kOrtFused},
+    {"STANDARD", DynamicOperatorForm::kStandard},
+};
 const std::vector<std::pair<std::string_view, InputType>> kInputTypeSpellings = {
     {"IMAGE", InputType::kImage},
     {"BIN", InputType::kBin},
@@ -697,6 +702,10 @@ Status ApplyEntry(std::string_view section, const RawEntry& entry, QuantConfig* 
       QUANTD_ASSIGN_OR_RETURN(p.bias_correction, f.Bool());
     } else if (key == "target_device") {
       QUANTD_ASSIGN_OR_RETURN(p.target_device, f.Enum(kTargetSpellings, "NVGPU, DEFAULT"));
+    }
+  } else if (section == kDynamic) {
+    if (key == "operator_form") {
+      QUANTD_ASSIGN_OR_RETURN(cfg->dynamic.operator_form, f.Enum(kOperatorFormSpellings, "ORT_FUSED, STANDARD"));
     }
   } else if (section == kPreprocess) {
     DataPreprocessParam& p = cfg->preprocess;
@@ -1078,6 +1087,14 @@ std::string ToString(TargetDevice v) {
   return "UNKNOWN";
 }
 
+std::string ToString(DynamicOperatorForm v) {
+  switch (v) {
+    case DynamicOperatorForm::kOrtFused: return "ORT_FUSED";
+    case DynamicOperatorForm::kStandard: return "STANDARD";
+  }
+  return "UNKNOWN";
+}
+
 std::string ToString(InputType v) {
   switch (v) {
     case InputType::kImage:
@@ -1147,6 +1164,7 @@ nlohmann::json ToJson(const QuantConfig& cfg) {
            {"bias_correction", cfg.full.bias_correction},
            {"target_device", ToString(cfg.full.target_device)},
        }},
+      {std::string(kDynamic), {{"operator_form", ToString(cfg.dynamic.operator_form)}}},
       {std::string(kPreprocess),
        {
            {"present", p.present},

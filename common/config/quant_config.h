@@ -1,7 +1,8 @@
 // Typed post-training quantization configuration, in the vocabulary of
 // MindSpore Lite's converter_lite config file: sections [common_quant_param],
 // [mixed_bit_weight_quant_param], [full_quant_param] and
-// [data_preprocess_param]. The same content is accepted in two spellings, the
+// [data_preprocess_param], plus [dynamic_quant_param] for the operator form
+// dynamic quantization writes. The same content is accepted in two spellings, the
 // converter's INI-style .cfg and YAML, and both go through one typed reader so
 // that they cannot drift apart in meaning.
 #pragma once
@@ -20,6 +21,7 @@ namespace quantd::config {
 enum class QuantType { kWeightQuant, kFullQuant, kDynamicQuant };
 enum class ActivationQuantMethod { kMaxMin, kKl, kRemovalOutlier };
 enum class TargetDevice { kDefault, kNvGpu };
+enum class DynamicOperatorForm { kOrtFused, kStandard };
 enum class InputType { kImage, kBin, kNpy };
 enum class ImageFormat { kUnchanged, kRgb, kGray, kBgr };
 enum class ResizeMethod { kLinear, kNearest, kCubic };
@@ -55,6 +57,17 @@ struct FullQuantParam {
   bool operator==(const FullQuantParam&) const = default;
 };
 
+// Only consulted for DYNAMIC_QUANT.
+struct DynamicQuantParam {
+  // ORT_FUSED writes ONNX Runtime's com.microsoft DynamicQuantizeMatMul, one
+  // node per MatMul with its bias; STANDARD keeps to standard ONNX operators
+  // (DynamicQuantizeLinear, MatMulInteger, ...) for other runtimes, at about
+  // 450 more bytes of graph per MatMul.
+  DynamicOperatorForm operator_form = DynamicOperatorForm::kOrtFused;
+
+  bool operator==(const DynamicQuantParam&) const = default;
+};
+
 // One model input and the folder holding its calibration samples. The folder
 // is kept exactly as written; resolving it is up to the caller.
 struct CalibrationSource {
@@ -87,6 +100,7 @@ struct QuantConfig {
   CommonQuantParam common;
   MixedBitWeightQuantParam mixed_bit;
   FullQuantParam full;
+  DynamicQuantParam dynamic;
   DataPreprocessParam preprocess;
 
   bool operator==(const QuantConfig&) const = default;
@@ -124,6 +138,7 @@ Status ValidateQuantConfig(const QuantConfig& cfg, const ValidationContext& ctx)
 std::string ToString(QuantType v);              // WEIGHT_QUANT, FULL_QUANT, DYNAMIC_QUANT
 std::string ToString(ActivationQuantMethod v);  // MAX_MIN, KL, REMOVAL_OUTLIER
 std::string ToString(TargetDevice v);           // DEFAULT, NVGPU
+std::string ToString(DynamicOperatorForm v);    // ORT_FUSED, STANDARD
 std::string ToString(InputType v);              // IMAGE, BIN, NPY
 std::string ToString(ImageFormat v);            // UNCHANGED, RGB, GRAY, BGR
 std::string ToString(ResizeMethod v);           // LINEAR, NEAREST, CUBIC

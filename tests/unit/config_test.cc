@@ -267,6 +267,22 @@ TEST(SeedExamples, DynamicQuantFile) {
   const QuantConfig cfg = MustParse(kSeedDynamicFile);
   EXPECT_EQ(cfg.common.quant_type, QuantType::kDynamicQuant);
   EXPECT_EQ(cfg.common.bit_num, 8);
+  EXPECT_EQ(cfg.dynamic.operator_form, DynamicOperatorForm::kOrtFused) << "the default";
+}
+
+TEST(DynamicQuantParam, OperatorFormInBothSpellings) {
+  const QuantConfig ini = MustParse(std::string(kSeedDynamicFile) + "[dynamic_quant_param]\noperator_form=STANDARD\n");
+  EXPECT_EQ(ini.dynamic.operator_form, DynamicOperatorForm::kStandard);
+  const QuantConfig yaml = MustParse(
+      "common_quant_param:\n  quant_type: DYNAMIC_QUANT\n  bit_num: 8\n"
+      "dynamic_quant_param:\n  operator_form: STANDARD\n");
+  EXPECT_EQ(yaml, ini);
+  EXPECT_EQ(ToJson(ini)["dynamic_quant_param"]["operator_form"], "STANDARD");
+  EXPECT_EQ(ToString(DynamicOperatorForm::kOrtFused), "ORT_FUSED");
+  ExpectRejected(std::string(kSeedDynamicFile) + "[dynamic_quant_param]\noperator_form=QDQ\n",
+                 "CONFIG_VALUE_OUT_OF_RANGE", {"dynamic_quant_param.operator_form", "ORT_FUSED, STANDARD"});
+  ExpectRejected(std::string(kSeedDynamicFile) + "[dynamic_quant_param]\nform=STANDARD\n", "CONFIG_UNKNOWN_KEY",
+                 {"dynamic_quant_param.form"});
 }
 
 TEST(SeedExamples, DebugSectionNeedsQuantType) {

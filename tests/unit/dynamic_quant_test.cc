@@ -17,6 +17,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "worker/onnx/graph_view.h"
@@ -98,6 +99,12 @@ void SetFloat(NodeProto& node, const std::string& name, float value) {
   attribute->set_f(value);
 }
 
+DynamicQuantOptions Standard() {
+  DynamicQuantOptions options;
+  options.form = DynamicQuantForm::kStandardOnnx;
+  return options;
+}
+
 // ---- looking at the result ------------------------------------------------
 
 const NodeProto* Producer(const ModelProto& model, const std::string& tensor) {
@@ -166,8 +173,9 @@ void ExpectOnnxValid(const ModelProto& model) {
 // ---- a reference evaluator for the operators involved ---------------------
 //
 // Written from the ONNX operator definitions, not from the pass: enough of
-// MatMul, Gemm, DynamicQuantizeLinear, MatMulInteger, Cast, Mul and Add to
-// run the small models below in double precision.
+// MatMul, Gemm, DynamicQuantizeLinear, MatMulInteger, Cast, Mul, Add and
+// ONNX Runtime's DynamicQuantizeMatMul to run the small models below in
+// double precision.
 
 struct Value {
   std::vector<int64_t> dims;
@@ -212,6 +220,20 @@ double RoundEven(double v) {
   return std::nearbyint(v);
 }
 
+// DynamicQuantizeLinear: uint8 values, scale and zero point.
+std::tuple<Value, double, double> DynamicQuantize(const Value& x) {
+  double lo = 0, hi = 0;
+  for (double v : x.data) {
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  const double scale = (hi - lo) / 255.0;
+  const double zero = std::clamp(RoundEven(-lo / scale), 0.0, 255.0);
+  Value q{x.dims, {}};
+  for (double v : x.data) q.data.push_back(std::clamp(RoundEven(v / scale) + zero, 0.0, 255.0));
+  return {q, scale, zero};
+}
+
 std::map<std::string, Value> Evaluate(const ModelProto& model, std::map<std::string, Value> values) {
   for (const auto& tensor : model.graph().initializer()) {
     Value v;
@@ -231,19 +253,25 @@ std::map<std::string, Value> Evaluate(const ModelProto& model, std::map<std::str
     if (op == "MatMul") {
       values[node.output(0)] = MatMulRef(in(node, 0), in(node, 1));
     } else if (op == "DynamicQuantizeLinear") {
-      const Value& x = in(node, 0);
-      double lo = 0, hi = 0;
-      for (double v : x.data) {
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
-      }
-      const double scale = (hi - lo) / 255.0;
-      const double zero = std::clamp(RoundEven(-lo / scale), 0.0, 255.0);
-      Value q{x.dims, {}};
-      for (double v : x.data) q.data.push_back(std::clamp(RoundEven(v / scale) + zero, 0.0, 255.0));
+      auto [q, scale, zero] = DynamicQuantize(in(node, 0));
       values[node.output(0)] = q;
       values[node.output(1)] = Value{{}, {scale}};
       values[node.output(2)] = Value{{}, {zero}};
+    } else if (op == "DynamicQuantizeMatMul") {
+      EXPECT_EQ(node.domain(), "com.microsoft");
+      // A quantized as DynamicQuantizeLinear does, an integer product, then
+      // a_scale * b_scale (per column) and the optional bias.
+      auto [q, a_scale, a_zero] = DynamicQuantize(in(node, 0));
+      const Value& b_zero = in(node, 3);
+      EXPECT_EQ(b_zero.data.size(), 1u) << "one zero point for the whole weight";
+      Value y = MatMulRef(q, in(node, 1), a_zero, b_zero.data.at(0));
+      const Value& b_scale = in(node, 2);
+      y = Broadcast(y, b_scale, [scale = a_scale](double p, double s) { return p * scale * s; });
+      if (node.input_size() > 4) {
+        EXPECT_EQ(in(node, 4).dims.size(), 1u) << "the bias is 1-D";
+        y = Broadcast(y, in(node, 4), [](double a, double c) { return a + c; });
+      }
+      values[node.output(0)] = y;
     } else if (op == "MatMulInteger") {
       values[node.output(0)] = MatMulRef(in(node, 0), in(node, 1), in(node, 2).data.at(0), in(node, 3).data.at(0));
     } else if (op == "Cast") {
@@ -321,7 +349,7 @@ TEST(DynamicQuantTest, MatMulBecomesAnIntegerChainWithPerColumnUint8Weights) {
   b.Input("x", {4, 3}).Output("y", {4, 2}).Weight("W", {3, 2}, {1.27f, 0.0f, -0.5f, 2.54f, 0.25f, -2.54f});
   b.Node("MatMul", "mm", {"x", "W"}, {"y"});
   ModelProto& model = b.model();
-  auto report = QuantizeDynamic(model, {});
+  auto report = QuantizeDynamic(model, Standard());
   ASSERT_TRUE(report.ok()) << report.status().message();
 
   EXPECT_EQ(OpTypes(model), (std::vector<std::string>{"DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul"}));
@@ -377,7 +405,7 @@ TEST(DynamicQuantTest, BatchedActivationsMatchTheFloatResult) {
   b.Node("Add", "add", {"bias", "y"}, {"z"});
   const ModelProto original = b.model();
   ModelProto& model = b.model();
-  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   EXPECT_EQ(model.graph().node(model.graph().node_size() - 1).op_type(), "Add") << "the model's own Add is kept";
   ExpectCloseToFloat(original, model, {{"x", Ramp({2, 5, 16}, -2.0, 3.0)}}, 0.02);
   ExpectOnnxValid(model);
@@ -394,7 +422,7 @@ TEST(DynamicQuantTest, GemmTransposedWeightAlphaAndBetaFoldIntoLayoutScaleAndBia
   SetFloat(gemm, "beta", 2.0f);
   const ModelProto original = b.model();
   ModelProto& model = b.model();
-  auto report = QuantizeDynamic(model, {});
+  auto report = QuantizeDynamic(model, Standard());
   ASSERT_TRUE(report.ok()) << report.status().message();
 
   EXPECT_EQ(OpTypes(model),
@@ -427,7 +455,7 @@ TEST(DynamicQuantTest, GemmWithARuntimeCScalesItInTheGraph) {
   SetFloat(gemm, "beta", 0.75f);
   const ModelProto original = b.model();
   ModelProto& model = b.model();
-  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   const NodeProto* add = Producer(model, "y");
   ASSERT_NE(add, nullptr);
   ASSERT_EQ(add->op_type(), "Add");
@@ -446,7 +474,7 @@ TEST(DynamicQuantTest, GemmWithBetaZeroIgnoresC) {
   b.Input("x", {3, 8}).Output("y", {3, 6}).Weight("W", {8, 6}, 1.0f, 4).Weight("C", {6}, 1.0f, 5);
   SetFloat(b.Node("Gemm", "fc", {"x", "W", "C"}, {"y"}), "beta", 0.0f);
   ModelProto& model = b.model();
-  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   EXPECT_EQ(Count(model, "Add"), 0);
   EXPECT_EQ(Producer(model, "y")->op_type(), "Mul");
   EXPECT_EQ(Init(model, "C"), nullptr);
@@ -463,7 +491,7 @@ TEST(DynamicQuantTest, AnActivationReadByTwoNodesIsQuantizedOnce) {
   b.Node("MatMul", "b", {"x", "Wb"}, {"yb"});
   const ModelProto original = b.model();
   ModelProto& model = b.model();
-  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   EXPECT_EQ(Count(model, "DynamicQuantizeLinear"), 1);
   ASSERT_EQ(Count(model, "MatMulInteger"), 2);
   std::vector<std::string> activations;
@@ -486,7 +514,7 @@ TEST(DynamicQuantTest, AWeightIsStoredOncePerLayoutItIsReadIn) {
   SetInt(b.Node("Gemm", "g", {"x3", "W"}, {"y3"}), "transB", 1);
   const ModelProto original = b.model();
   ModelProto& model = b.model();
-  auto report = QuantizeDynamic(model, {});
+  auto report = QuantizeDynamic(model, Standard());
   ASSERT_TRUE(report.ok());
   std::vector<std::string> weights;
   for (const auto& node : model.graph().node()) {
@@ -556,7 +584,7 @@ TEST(DynamicQuantTest, SkippedNodesSayWhyAndLeaveTheModelAlone) {
   b.Output("y5", {2, 4}).Output("y6", {8, 9}).Output("y7", {2, 4});
   ModelProto& model = b.model();
   const std::string before = model.SerializeAsString();
-  DynamicQuantOptions options;
+  DynamicQuantOptions options = Standard();
   options.skip_quant_node = {"skipped"};
   options.min_quant_weight_size = 16;
   auto report = QuantizeDynamic(model, options);
@@ -583,7 +611,7 @@ TEST(DynamicQuantTest, AWeightStillReadElsewhereIsKept) {
   b.Node("MatMul", "quantized", {"x", "W"}, {"y1"});
   b.Node("MatMul", "float", {"x", "W"}, {"y2"});
   ModelProto& model = b.model();
-  DynamicQuantOptions options;
+  DynamicQuantOptions options = Standard();
   options.skip_quant_node = {"float"};
   ASSERT_TRUE(QuantizeDynamic(model, options).ok());
   EXPECT_NE(Init(model, "W"), nullptr);
@@ -598,7 +626,7 @@ TEST(DynamicQuantTest, DroppedWeightsLeaveGraphInputsAndValueInfo) {
   ModelBuilder::Describe(b.model().mutable_graph()->add_value_info(), "W", {8, 4});
   b.Node("MatMul", "mm", {"x", "W"}, {"y"});
   ModelProto& model = b.model();
-  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   ASSERT_EQ(model.graph().input_size(), 1);
   EXPECT_EQ(model.graph().input(0).name(), "x");
   EXPECT_EQ(model.graph().value_info_size(), 0);
@@ -611,7 +639,7 @@ TEST(DynamicQuantTest, NewNamesAvoidExistingOnes) {
   b.Node("Relu", "r", {"x"}, {"x_quantized"});
   b.Node("MatMul", "mm", {"x", "W"}, {"y"});
   ModelProto& model = b.model();
-  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   const NodeProto* mmi = nullptr;
   for (const auto& node : model.graph().node()) {
     if (node.op_type() == "MatMulInteger") mmi = &node;
@@ -629,7 +657,7 @@ TEST(DynamicQuantTest, OpsetEleven) {
   b.Input("x", {2, 8}).Output("y", {2, 4}).Weight("W", {8, 4}, 1.0f, 16);
   b.Node("Gemm", "g", {"x", "W"}, {"y"});
   ModelProto& model = b.model();
-  auto report = QuantizeDynamic(model, {});
+  auto report = QuantizeDynamic(model, Standard());
   ASSERT_TRUE(report.ok());
   EXPECT_EQ(report->output_opset, 11) << "DynamicQuantizeLinear exists from 11 on";
   EXPECT_EQ(model.opset_import(0).version(), 11);
@@ -640,7 +668,7 @@ TEST(DynamicQuantTest, BelowOpsetElevenIsRefusedOnlyWhenSomethingWouldBeQuantize
   ModelBuilder quantizable(10);
   quantizable.Input("x", {2, 8}).Output("y", {2, 4}).Weight("W", {8, 4}, 1.0f, 17);
   quantizable.Node("MatMul", "mm", {"x", "W"}, {"y"});
-  auto refused = QuantizeDynamic(quantizable.model(), {});
+  auto refused = QuantizeDynamic(quantizable.model(), Standard());
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.status().message().find("DynamicQuantizeLinear needs opset 11"), std::string::npos)
       << refused.status().message();
@@ -648,19 +676,162 @@ TEST(DynamicQuantTest, BelowOpsetElevenIsRefusedOnlyWhenSomethingWouldBeQuantize
   ModelBuilder nothing(10);
   nothing.Input("x", {2, 8}).Input("k", {8, 4}).Output("y", {2, 4});
   nothing.Node("MatMul", "mm", {"x", "k"}, {"y"});
-  auto report = QuantizeDynamic(nothing.model(), {});
+  auto report = QuantizeDynamic(nothing.model(), Standard());
   ASSERT_TRUE(report.ok());
   EXPECT_EQ(report->output_opset, 10);
 }
 
 TEST(DynamicQuantTest, RefusesAModelWithoutGraphOrOpset) {
   ModelProto empty;
-  EXPECT_FALSE(QuantizeDynamic(empty, {}).ok());
+  EXPECT_FALSE(QuantizeDynamic(empty, Standard()).ok());
   ModelBuilder b(17);
   b.model().clear_opset_import();
-  auto report = QuantizeDynamic(b.model(), {});
+  auto report = QuantizeDynamic(b.model(), Standard());
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().reason(), "MODEL_INVALID");
+}
+
+// ---- the fused form (ONNX Runtime's DynamicQuantizeMatMul) -----------------
+
+bool ImportsContribOpset(const ModelProto& model) {
+  for (const auto& opset : model.opset_import()) {
+    if (opset.domain() == "com.microsoft") return opset.version() == 1;
+  }
+  return false;
+}
+
+TEST(DynamicQuantFusedTest, AMatMulAndItsBiasAddBecomeOneNodeComputingWhatTheStandardChainDoes) {
+  ModelBuilder b(17);
+  b.Input("x", {2, 5, 16}).Output("z", {2, 5, 12}).Weight("W", {16, 12}, 0.8f, 1).Weight("bias", {12}, 0.3f, 2);
+  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  b.Node("Add", "add", {"bias", "y"}, {"z"});
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+
+  ASSERT_EQ(OpTypes(model), std::vector<std::string>{"DynamicQuantizeMatMul"});
+  const NodeProto& node = model.graph().node(0);
+  EXPECT_EQ(node.domain(), "com.microsoft");
+  EXPECT_EQ(node.name(), "mm") << "the fused node keeps the MatMul's name";
+  ASSERT_EQ(node.input_size(), 5);
+  EXPECT_EQ(node.input(0), "x");
+  EXPECT_EQ(Dims(*Init(model, node.input(1))), (std::vector<int64_t>{16, 12}));
+  EXPECT_EQ(Init(model, node.input(1))->data_type(), onnx_type::kUint8);
+  EXPECT_EQ(Dims(*Init(model, node.input(2))), std::vector<int64_t>{12}) << "per-column scales";
+  EXPECT_EQ(Bytes(*Init(model, node.input(3))), std::vector<uint8_t>{128});
+  EXPECT_EQ(node.input(4), "bias");
+  EXPECT_EQ(node.output(0), "z") << "the Add's output";
+  EXPECT_TRUE(ImportsContribOpset(model));
+  EXPECT_EQ(model.opset_import(0).version(), 17);
+  EXPECT_EQ(report->fused_bias_adds, 1);
+  EXPECT_EQ(report->quantized_nodes, std::vector<std::string>{"mm"});
+  EXPECT_EQ(Init(model, "W"), nullptr);
+  ASSERT_NE(Init(model, "bias"), nullptr);
+  ExpectOnnxValid(model);
+
+  const std::map<std::string, Value> inputs = {{"x", Ramp({2, 5, 16}, -2.0, 3.0)}};
+  ExpectCloseToFloat(original, model, inputs, 0.02);
+  ModelProto standard = original;
+  ASSERT_TRUE(QuantizeDynamic(standard, Standard()).ok());
+  const Value fused_z = Evaluate(model, inputs).at("z");
+  const Value standard_z = Evaluate(standard, inputs).at("z");
+  ASSERT_EQ(fused_z.data.size(), standard_z.data.size());
+  for (size_t i = 0; i < fused_z.data.size(); ++i) EXPECT_NEAR(fused_z.data[i], standard_z.data[i], 1e-9) << i;
+}
+
+TEST(DynamicQuantFusedTest, AnAddThatIsNotAPlainBiasStaysSeparate) {
+  // y1 is also a graph output; y2 feeds two nodes; y3's constant is 2-D;
+  // y4 is added to an activation.
+  ModelBuilder b(17);
+  b.Input("x", {3, 8}).Input("r", {3, 4});
+  b.Output("y1", {3, 4}).Output("z1", {3, 4}).Output("z2", {3, 4}).Output("w2", {3, 4});
+  b.Output("z3", {3, 4}).Output("z4", {3, 4});
+  for (int i = 1; i <= 4; ++i) b.Weight("W" + std::to_string(i), {8, 4}, 1.0f, 20 + i);
+  b.Weight("b", {4}, 0.5f, 30).Weight("b2d", {1, 4}, 0.5f, 31);
+  b.Node("MatMul", "m1", {"x", "W1"}, {"y1"});
+  b.Node("Add", "a1", {"y1", "b"}, {"z1"});
+  b.Node("MatMul", "m2", {"x", "W2"}, {"y2"});
+  b.Node("Add", "a2", {"y2", "b"}, {"z2"});
+  b.Node("Relu", "r2", {"y2"}, {"w2"});
+  b.Node("MatMul", "m3", {"x", "W3"}, {"y3"});
+  b.Node("Add", "a3", {"y3", "b2d"}, {"z3"});
+  b.Node("MatMul", "m4", {"x", "W4"}, {"y4"});
+  b.Node("Add", "a4", {"y4", "r"}, {"z4"});
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(Count(model, "DynamicQuantizeMatMul"), 4);
+  EXPECT_EQ(Count(model, "Add"), 4);
+  EXPECT_EQ(report->fused_bias_adds, 0);
+  for (const std::string y : {"y1", "y2", "y3", "y4"}) {
+    const NodeProto* producer = Producer(model, y);
+    ASSERT_NE(producer, nullptr) << y;
+    EXPECT_EQ(producer->op_type(), "DynamicQuantizeMatMul");
+    EXPECT_EQ(producer->input_size(), 4) << y << " has no bias input";
+  }
+  ExpectTopological(model);
+}
+
+TEST(DynamicQuantFusedTest, GemmTakesBetaTimesARowBroadcastCAsItsBias) {
+  ModelBuilder b(13);
+  b.Input("x", {4, 3}).Output("y", {4, 2}).Output("y1", {4, 2});
+  b.Weight("W", {2, 3}, {1.27f, -0.5f, 0.25f, 0.0f, 2.54f, -2.54f});
+  b.Weight("C", {1, 2}, {0.5f, -1.0f}).Weight("C1", {1}, {0.75f});
+  NodeProto& gemm = b.Node("Gemm", "fc", {"x", "W", "C"}, {"y"});
+  SetInt(gemm, "transB", 1);
+  SetFloat(gemm, "alpha", 0.5f);
+  SetFloat(gemm, "beta", 2.0f);
+  SetInt(b.Node("Gemm", "fc1", {"x", "W", "C1"}, {"y1"}), "transB", 1);
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  ASSERT_EQ(OpTypes(model), (std::vector<std::string>{"DynamicQuantizeMatMul", "DynamicQuantizeMatMul"}));
+  const NodeProto& fc = model.graph().node(0);
+  EXPECT_EQ(fc.name(), "fc");
+  ASSERT_EQ(fc.input_size(), 5);
+  EXPECT_EQ(Floats(*Init(model, fc.input(4))), (std::vector<float>{1.0f, -2.0f})) << "beta * C, made 1-D";
+  EXPECT_EQ(Dims(*Init(model, fc.input(4))), std::vector<int64_t>{2});
+  const auto scale = Floats(*Init(model, fc.input(2)));
+  ASSERT_EQ(scale.size(), 2u);
+  EXPECT_FLOAT_EQ(scale[0], 0.5f * (1.27f / 127.0f)) << "alpha is folded in";
+  const NodeProto& fc1 = model.graph().node(1);
+  ASSERT_EQ(fc1.input_size(), 5);
+  EXPECT_EQ(Floats(*Init(model, fc1.input(4))), (std::vector<float>{0.75f, 0.75f})) << "one value, spread over N";
+  EXPECT_EQ(fc1.input(1), fc.input(1)) << "the same weight in the same layout is stored once";
+  EXPECT_EQ(Init(model, "C"), nullptr);
+  EXPECT_EQ(Init(model, "C1"), nullptr);
+  ExpectCloseToFloat(original, model, {{"x", Ramp({4, 3}, -1.0, 1.5)}}, 0.02);
+  ExpectOnnxValid(model);
+}
+
+TEST(DynamicQuantFusedTest, GemmWithARuntimeCAddsItAfterTheFusedNode) {
+  ModelBuilder b(13);
+  b.Input("x", {3, 8}).Input("c", {3, 6}).Output("y", {3, 6}).Weight("W", {8, 6}, 1.0f, 3);
+  SetFloat(b.Node("Gemm", "fc", {"x", "W", "c"}, {"y"}), "beta", 0.5f);
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  ASSERT_TRUE(QuantizeDynamic(model, {}).ok());
+  EXPECT_EQ(OpTypes(model), (std::vector<std::string>{"DynamicQuantizeMatMul", "Mul", "Add"}));
+  EXPECT_EQ(model.graph().node(0).input_size(), 4);
+  EXPECT_EQ(Producer(model, "y")->op_type(), "Add");
+  ExpectTopological(model);
+  ExpectCloseToFloat(original, model, {{"x", Ramp({3, 8}, -1.0, 1.0)}, {"c", Ramp({3, 6}, -4.0, 2.0)}}, 0.02);
+}
+
+TEST(DynamicQuantFusedTest, OpsetTenNeedsNoUpgrade) {
+  ModelBuilder b(10);
+  b.Input("x", {2, 8}).Output("y", {2, 4}).Weight("W", {8, 4}, 1.0f, 17);
+  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
+  const ModelProto original = b.model();
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->output_opset, 10);
+  EXPECT_EQ(model.opset_import(0).version(), 10);
+  EXPECT_TRUE(ImportsContribOpset(model));
+  ExpectCloseToFloat(original, model, {{"x", Ramp({2, 8}, -1.0, 1.0)}}, 0.02);
 }
 
 }  // namespace

@@ -400,16 +400,22 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
           DynamicQuantOptions options;
           options.skip_quant_node.insert(config.common.skip_quant_node.begin(), config.common.skip_quant_node.end());
           options.min_quant_weight_size = config.common.min_quant_weight_size;
+          options.form = config.dynamic.operator_form == config::DynamicOperatorForm::kStandard
+                             ? DynamicQuantForm::kStandardOnnx
+                             : DynamicQuantForm::kOnnxRuntimeFused;
           QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeDynamic(model, options));
           observer.OnLog(LogLevel::kInfo, "dynamic quantization: " + std::to_string(report.quantized_nodes.size()) +
                                               " MatMul/Gemm nodes quantized, " + std::to_string(report.skipped.size()) +
-                                              " kept in float");
+                                              " kept in float, " + std::to_string(report.fused_bias_adds) +
+                                              " bias Adds folded in");
           nlohmann::json skipped = nlohmann::json::array();
           for (const auto& node : report.skipped) {
             skipped.push_back({{"node", node.node_name}, {"node_type", node.node_type}, {"reason", node.reason}});
           }
           mode_report = {{"quantized_nodes", report.quantized_nodes},
                          {"skipped", skipped},
+                         {"operator_form", config::ToString(config.dynamic.operator_form)},
+                         {"fused_bias_adds", report.fused_bias_adds},
                          {"float_weight_bytes", report.float_weight_bytes},
                          {"quantized_weight_bytes", report.quantized_weight_bytes}};
           return Status::Ok();

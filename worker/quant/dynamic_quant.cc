@@ -3,6 +3,7 @@
 #include <array>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <span>
 #include <unordered_set>
 #include <utility>
@@ -18,6 +19,9 @@ namespace {
 // DynamicQuantizeLinear appeared in opset 11; MatMulInteger (10), Cast,
 // Mul and Add are older.
 constexpr int kMinOpset = 11;
+
+// ONNX Runtime's operator domain, where DynamicQuantizeMatMul lives.
+constexpr std::string_view kContribDomain = "com.microsoft";
 
 // Symmetric int8 values q in [-127, 127] are stored as q + 128.
 constexpr int kWeightZeroPoint = 128;
@@ -38,6 +42,10 @@ struct Target {
   WeightKey weight;
   float alpha = 1.0f;
   float beta = 1.0f;
+  // A MatMul's bias Add folded into the fused node: its index and the 1-D
+  // constant it adds; -1 when there is none.
+  int bias_add = -1;
+  std::string bias;
 };
 
 // A weight as MatMulInteger reads it: [K, N], one scale per column.
@@ -79,6 +87,47 @@ std::string QuantizeColumns(const std::vector<float>& values, int64_t k, int64_t
   }
   out.scales = std::move(q->scales);
   return "";
+}
+
+// C's values as the 1-D [columns] bias a fused node adds (beta applied),
+// when C is a FLOAT constant held inline that Gemm broadcasts along rows:
+// shape [columns], [1, columns] or a single value.
+std::optional<std::vector<float>> RowBias(const onnx::TensorProto* c, int64_t columns, float beta) {
+  if (!c || c->data_type() != onnx_type::kFloat || c->data_location() == onnx::TensorProto::EXTERNAL) {
+    return std::nullopt;
+  }
+  const std::vector<int64_t> dims = DimsOf(*c);
+  const bool row = (dims.size() == 1 && dims[0] == columns) || (dims.size() == 2 && dims[0] == 1 && dims[1] == columns);
+  const bool single = dims.size() <= 2 && ElementCount(*c) == 1;
+  if (!row && !single) return std::nullopt;
+  auto values = ReadFloatTensor(*c);
+  if (!values.ok()) return std::nullopt;
+  std::vector<float> bias = single ? std::vector<float>(static_cast<size_t>(columns), values->at(0)) : *values;
+  for (float& v : bias) v *= beta;
+  return bias;
+}
+
+// The Add that only adds a 1-D [columns] FLOAT constant to a MatMul's
+// output (PyTorch's Linear bias), which the fused node can take over.
+// Returns its index and fills `bias`; -1 when there is none.
+int FindBiasAdd(const onnx::NodeProto& matmul, const GraphView& view, int64_t columns, std::string& bias) {
+  const std::string& y = matmul.output(0);
+  const std::vector<int>& readers = view.ConsumerIndices(y);
+  if (readers.size() != 1 || view.IsGraphOutput(y)) return -1;
+  const onnx::NodeProto& add = view.graph().node(readers[0]);
+  if (!IsDefaultDomain(add.domain()) || add.op_type() != "Add" || add.input_size() != 2 || add.output_size() != 1 ||
+      add.output(0).empty()) {
+    return -1;
+  }
+  const std::string& other = add.input(0) == y ? add.input(1) : add.input(0);
+  if (other == y) return -1;
+  const onnx::TensorProto* constant = view.Initializer(other);
+  if (!constant || constant->data_type() != onnx_type::kFloat ||
+      constant->data_location() == onnx::TensorProto::EXTERNAL || DimsOf(*constant) != std::vector<int64_t>{columns}) {
+    return -1;
+  }
+  bias = other;
+  return readers[0];
 }
 
 onnx::NodeProto MakeNode(const std::string& op, const std::string& name, std::vector<std::string> inputs,
@@ -188,13 +237,17 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
         report.skipped.push_back({node.name(), node.op_type(), std::move(why)});
         continue;
       }
+      if (options.form == DynamicQuantForm::kOnnxRuntimeFused && node.op_type() == "MatMul") {
+        target.bias_add = FindBiasAdd(node, view, weights.at(target.weight).columns, target.bias);
+      }
       targets.push_back(std::move(target));
       report.quantized_nodes.push_back(node.name());
     }
   }
   if (targets.empty()) return report;
 
-  if (input_opset < kMinOpset) {
+  const bool fused = options.form == DynamicQuantForm::kOnnxRuntimeFused;
+  if (!fused && input_opset < kMinOpset) {
     QUANTD_RETURN_IF_ERROR(UpgradeOpset(model, 13).WithContext("DynamicQuantizeLinear needs opset 11"));
     report.output_opset = DefaultOpset(model);
   }
@@ -228,18 +281,6 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
     const std::string base = node.name().empty() ? y : node.name();
     std::vector<onnx::NodeProto>& chain = replacement[target.node];
 
-    // One DynamicQuantizeLinear per activation: the range is measured once
-    // however many weights read it (ORT's own CSE would merge copies too).
-    auto activation = quantized_activation.find(x);
-    if (activation == quantized_activation.end()) {
-      std::array<std::string, 3> outs = {names.Make(x + "_quantized"), names.Make(x + "_scale"),
-                                         names.Make(x + "_zero_point")};
-      chain.push_back(MakeNode("DynamicQuantizeLinear", names.Make(x + "_DynamicQuantizeLinear"), {x},
-                               {outs[0], outs[1], outs[2]}));
-      activation = quantized_activation.emplace(x, outs).first;
-    }
-    const auto& [x_q, x_scale, x_zero_point] = activation->second;
-
     StoredWeight& w = weights.at(target.weight);
     if (w.quantized_name.empty()) {
       w.quantized_name = names.Make(w.source + "_quantized");
@@ -259,6 +300,78 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
       report.quantized_weight_bytes += w.columns * 4;
     }
 
+    // Gemm's beta * C, as a tensor name to add to the product.
+    const bool has_c = gemm && node.input_size() > 2 && !node.input(2).empty();
+    if (has_c && target.beta == 0.0f) maybe_unused.insert(node.input(2));
+    auto scaled_c = [&]() -> StatusOr<std::string> {
+      const std::string& c = node.input(2);
+      if (target.beta == 1.0f) return c;
+      const onnx::TensorProto* constant = view.Initializer(c);
+      if (constant && constant->data_type() == onnx_type::kFloat &&
+          constant->data_location() != onnx::TensorProto::EXTERNAL) {
+        QUANTD_ASSIGN_OR_RETURN(auto values, ReadFloatTensor(*constant));
+        for (float& v : values) v *= target.beta;
+        maybe_unused.insert(c);
+        return add_float(c + "_beta", DimsOf(*constant), values);
+      }
+      const float beta[] = {target.beta};
+      const std::string beta_name = add_float(base + "_beta", {}, beta);
+      std::string scaled = names.Make(base + "_scaled_C");
+      chain.push_back(MakeNode("Mul", names.Make(base + "_beta_Mul"), {c, beta_name}, {scaled}));
+      return scaled;
+    };
+
+    if (fused) {
+      // X is quantized inside the node, so nothing is shared between nodes
+      // reading the same activation; the file stays smaller for it.
+      std::string bias, output = y;
+      if (target.bias_add >= 0) {
+        bias = target.bias;
+        output = graph.node(target.bias_add).output(0);
+        replacement[target.bias_add];  // the Add goes
+        ++report.fused_bias_adds;
+      }
+      bool add_c_after = false;
+      if (has_c && target.beta != 0.0f) {
+        const std::string& c = node.input(2);
+        const onnx::TensorProto* constant = view.Initializer(c);
+        if (target.beta == 1.0f && constant && constant->data_type() == onnx_type::kFloat &&
+            DimsOf(*constant) == std::vector{w.columns}) {
+          bias = c;  // already the 1-D bias the node takes
+        } else if (auto values = RowBias(constant, w.columns, target.beta)) {
+          const int64_t columns[] = {w.columns};
+          bias = add_float(c + "_bias", columns, *values);
+          maybe_unused.insert(c);
+        } else {
+          add_c_after = true;
+        }
+      }
+      std::vector<std::string> inputs = {x, w.quantized_name, weight_scale, weight_zero_point};
+      if (!bias.empty()) inputs.push_back(bias);
+      const std::string product = add_c_after ? names.Make(base + "_unbiased") : output;
+      onnx::NodeProto& matmul = chain.emplace_back(MakeNode(
+          "DynamicQuantizeMatMul", node.name().empty() ? names.Make(y + "_DynamicQuantizeMatMul") : node.name(),
+          std::move(inputs), {product}));
+      matmul.set_domain(std::string(kContribDomain));
+      if (add_c_after) {
+        QUANTD_ASSIGN_OR_RETURN(std::string c, scaled_c());
+        chain.push_back(MakeNode("Add", names.Make(base + "_Add"), {product, c}, {output}));
+      }
+      continue;
+    }
+
+    // One DynamicQuantizeLinear per activation: the range is measured once
+    // however many weights read it (ORT's own CSE would merge copies too).
+    auto activation = quantized_activation.find(x);
+    if (activation == quantized_activation.end()) {
+      std::array<std::string, 3> outs = {names.Make(x + "_quantized"), names.Make(x + "_scale"),
+                                         names.Make(x + "_zero_point")};
+      chain.push_back(MakeNode("DynamicQuantizeLinear", names.Make(x + "_DynamicQuantizeLinear"), {x},
+                               {outs[0], outs[1], outs[2]}));
+      activation = quantized_activation.emplace(x, outs).first;
+    }
+    const auto& [x_q, x_scale, x_zero_point] = activation->second;
+
     const std::string product = names.Make(base + "_int32");
     const std::string product_float = names.Make(base + "_float");
     const std::string multiplier = names.Make(base + "_multiplier");
@@ -273,33 +386,22 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
     // computed in the graph too.
     chain.push_back(MakeNode("Mul", names.Make(base + "_scale_Mul"), {x_scale, weight_scale}, {multiplier}));
 
-    std::string bias;
-    const bool has_c = gemm && node.input_size() > 2 && !node.input(2).empty();
-    if (has_c && target.beta == 0.0f) maybe_unused.insert(node.input(2));
-    if (has_c && target.beta != 0.0f) {
-      const std::string& c = node.input(2);
-      const onnx::TensorProto* constant = view.Initializer(c);
-      if (target.beta == 1.0f) {
-        bias = c;
-      } else if (constant && constant->data_type() == onnx_type::kFloat &&
-                 constant->data_location() != onnx::TensorProto::EXTERNAL) {
-        QUANTD_ASSIGN_OR_RETURN(auto values, ReadFloatTensor(*constant));
-        for (float& v : values) v *= target.beta;
-        bias = add_float(c + "_beta", DimsOf(*constant), values);
-        maybe_unused.insert(c);
-      } else {
-        const float beta[] = {target.beta};
-        const std::string beta_name = add_float(base + "_beta", {}, beta);
-        bias = names.Make(base + "_scaled_C");
-        chain.push_back(MakeNode("Mul", names.Make(base + "_beta_Mul"), {c, beta_name}, {bias}));
-      }
-    }
-    if (bias.empty()) {
+    if (!has_c || target.beta == 0.0f) {
       chain.push_back(MakeNode("Mul", names.Make(base + "_Mul"), {product_float, multiplier}, {y}));
     } else {
+      QUANTD_ASSIGN_OR_RETURN(std::string c, scaled_c());
       const std::string unbiased = names.Make(base + "_unbiased");
       chain.push_back(MakeNode("Mul", names.Make(base + "_Mul"), {product_float, multiplier}, {unbiased}));
-      chain.push_back(MakeNode("Add", names.Make(base + "_Add"), {unbiased, bias}, {y}));
+      chain.push_back(MakeNode("Add", names.Make(base + "_Add"), {unbiased, c}, {y}));
+    }
+  }
+  if (fused) {
+    bool imported = false;
+    for (const auto& opset : model.opset_import()) imported |= opset.domain() == kContribDomain;
+    if (!imported) {
+      auto* opset = model.add_opset_import();
+      opset->set_domain(std::string(kContribDomain));
+      opset->set_version(1);
     }
   }
 

@@ -2,7 +2,16 @@
 // integers at conversion time, while their float inputs are quantized at run
 // time (range measured per call), so no calibration data is needed.
 //
-// A MatMul (or Gemm) Y = X * W with W a float initializer becomes
+// A MatMul (or Gemm) Y = X * W with W a float initializer becomes, in the
+// default form, one ONNX Runtime operator:
+//
+//   com.microsoft DynamicQuantizeMatMul(X, W_q, W_scale, W_zp [, bias]) -> Y
+//
+// which quantizes X to uint8 per call, multiplies in integers and applies
+// the scales and the bias. A MatMul's PyTorch-style bias (an Add of a 1-D
+// constant that only it feeds) and a Gemm's row-broadcast C go into the
+// bias input. For runtimes without ONNX Runtime's operators the standard
+// form spells the same arithmetic in standard operators:
 //
 //   DynamicQuantizeLinear(X)              -> X_q (uint8), X_scale, X_zp
 //   MatMulInteger(X_q, W_q, X_zp, W_zp)   -> int32
@@ -11,6 +20,12 @@
 //   Mul(float, multiplier)                -> Y            (MatMul; Gemm without C)
 //   Add(..., beta * C)                    -> Y            (Gemm with C)
 //
+// which ONNX Runtime 1.30's CPU provider fuses back into
+// MatMulIntegerToFloat (bias included) and, where X feeds a single quantized
+// node, with its DynamicQuantizeLinear into DynamicQuantizeMatMul. Both
+// forms compute the same values; the fused one writes about 150 bytes of
+// graph per MatMul instead of 600, which matters for small models.
+//
 // W_q is W quantized symmetrically per output column (values -127..127) and
 // stored as [K, N]: a Gemm's transB weight is transposed at conversion and
 // its alpha folded into W_scale. W_q is UINT8 with zero point 128 (one
@@ -18,10 +33,6 @@
 // multiply uint8 x int8 with VPMADDUBSW, whose 16-bit pair sums saturate
 // for large weights and activations, and ONNX Runtime does not avoid that by
 // default; uint8 x uint8 takes a path that cannot overflow.
-//
-// ONNX Runtime 1.30's CPU provider fuses each chain into
-// MatMulIntegerToFloat (bias included) and, where X feeds a single
-// quantized node, with its DynamicQuantizeLinear into DynamicQuantizeMatMul.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +47,13 @@
 
 namespace quantd {
 
+enum class DynamicQuantForm {
+  kOnnxRuntimeFused,  // com.microsoft DynamicQuantizeMatMul
+  kStandardOnnx,      // DynamicQuantizeLinear + MatMulInteger + Cast + Mul
+};
+
 struct DynamicQuantOptions {
+  DynamicQuantForm form = DynamicQuantForm::kOnnxRuntimeFused;
   // Node names kept in float.
   std::set<std::string> skip_quant_node;
   // A weight is quantized only if it has MORE elements than this.
@@ -47,6 +64,8 @@ struct DynamicQuantReport {
   std::vector<std::string> quantized_nodes;
   std::vector<SkippedNode> skipped;
   int output_opset = 0;
+  // MatMul bias Adds taken into fused nodes (and so removed).
+  int fused_bias_adds = 0;
   // Per stored weight (one per tensor and layout it is read in): 4 bytes per
   // float element before; integer payload and scale tensors after, plus the
   // one zero point byte all weights share.
@@ -56,13 +75,16 @@ struct DynamicQuantReport {
 
 // Rewrites the main graph's MatMul nodes whose second input is a rank-2
 // FLOAT initializer, and Gemm nodes with transA = 0 and a FLOAT initializer
-// B, as described above. An activation read by several quantized nodes is
-// quantized once. Float weights (and Gemm C constants) nothing reads any
-// more are dropped. Models at opset 11 or later keep their opset, since every
-// operator used exists from 11 on; older ones are handed to UpgradeOpset
-// (target 13) when anything would be quantized, which currently refuses
-// sources below 11, so they fail with its error. Nothing is changed when no
-// node qualifies. Weights with NaN or infinity are skipped, not errors.
+// B, as described above. A fused node keeps the name of the node it
+// replaces. In the standard form an activation read by several quantized
+// nodes is quantized once. Float weights (and Gemm C constants) nothing
+// reads any more are dropped. The fused form adds the com.microsoft opset
+// import and keeps the default opset. The standard form keeps opsets from 11
+// on, since every operator it uses exists from 11; older ones are handed to
+// UpgradeOpset (target 13) when anything would be quantized, which currently
+// refuses sources below 11, so they fail with its error. Nothing is changed
+// when no node qualifies. Weights with NaN or infinity are skipped, not
+// errors.
 StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const DynamicQuantOptions& options);
 
 }  // namespace quantd
