@@ -707,10 +707,12 @@ TEST(DynamicQuantFusedTest, AMatMulAndItsBiasAddBecomeOneNodeComputingWhatTheSta
   b.Node("Add", "add", {"bias", "y"}, {"z"});
   const ModelProto original = b.model();
   ModelProto& model = b.model();
+  ModelBuilder::Describe(model.mutable_graph()->add_value_info(), "y", {2, 5, 12});
   auto report = QuantizeDynamic(model, {});
   ASSERT_TRUE(report.ok()) << report.status().message();
 
   ASSERT_EQ(OpTypes(model), std::vector<std::string>{"DynamicQuantizeMatMul"});
+  EXPECT_EQ(model.graph().value_info_size(), 0) << "y is no longer produced, so its value_info goes";
   const NodeProto& node = model.graph().node(0);
   EXPECT_EQ(node.domain(), "com.microsoft");
   EXPECT_EQ(node.name(), "mm") << "the fused node keeps the MatMul's name";
