@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Full (int8) quantization benchmark: accuracy, a PyTorch PTQ baseline,
 # inference speed in ONNX Runtime, calibration speed and observer memory;
-# mixed-bit weight quantization size and accuracy.
+# mixed-bit weight quantization size and accuracy; dynamic quantization
+# size, accuracy and latency.
 #
-#   bench/quant_bench.sh [--sections "1 2 3 4 5 6"] [--repeat R] [--keep DIR]
+#   bench/quant_bench.sh [--sections "1 2 3 4 5 6 7"] [--repeat R] [--keep DIR]
 #
 # Run from anywhere after ./quantd.sh build (needs build/bin/quantctl,
 # onnxruntime-node in tests/peer, Debian's /usr/bin/python3 with torch, numpy
@@ -37,6 +38,12 @@
 #                 min_quant_weight_* settings: model bytes and top-1 on the
 #                 t10k images in ONNX Runtime for every ACC_MODELS network;
 #                 target for auto_tune: smaller than 8-bit, drop <= 1 point.
+#   7 dynamic     DYNAMIC_QUANT of transformer_fashion in both operator forms
+#                 (ORT_FUSED, the default, and STANDARD): file bytes against
+#                 fp32 (target <= 30%), top-1 on the t10k images in ONNX
+#                 Runtime (target: within 0.5 points), and median ms per
+#                 batch against fp32 at batch 1 and 32, 1 thread, all models
+#                 in one process taking turns.
 #
 # Prints numbers measured in this run and their ratios.  Exit status 0 unless
 # something fails to run (a missed target is reported, not an error).
@@ -46,7 +53,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${QUANTD_BUILD_DIR:-$ROOT/build}"
 QUANTCTL="$BUILD_DIR/bin/quantctl"
 PY="${QUANTD_PYTHON:-/usr/bin/python3}"
-SECTIONS="1 2 3 4 5 6"
+SECTIONS="1 2 3 4 5 6 7"
 REPEAT=3
 KEEP=""
 METHODS="MAX_MIN KL REMOVAL_OUTLIER"
@@ -58,7 +65,7 @@ while [ $# -gt 0 ]; do
     --sections) SECTIONS="$2"; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --keep) KEEP="$2"; shift 2 ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
     *) echo "quant_bench.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -383,4 +390,41 @@ if want 6; then
     verdict="$(calc "${MIXED_BYTES[$a]} < ${MIXED_BYTES[8-bit]} && ($fp32 - ${MIXED_ACC[$a]}) * 100 <= 1 ? 'met' : 'MISSED'")"
     echo "$name: fp32 $fp32; auto_tune smaller than 8-bit with drop <= 1 point: $verdict"
   done
+fi
+
+if want 7; then
+  echo
+  echo "== 7. Dynamic quantization (DYNAMIC_QUANT, 8 bits) of transformer_fashion, in ONNX Runtime =="
+  model=models/transformer_fashion.onnx
+  fp32_bytes="$(stat -c %s "$model")"
+  fp32="$(accuracy "$model")"
+  for form in ORT_FUSED STANDARD; do
+    printf 'common_quant_param:\n  quant_type: DYNAMIC_QUANT\n  bit_num: 8\ndynamic_quant_param:\n  operator_form: %s\n' \
+      "$form" >"$WORK/dynamic.$form.yaml"
+    convert "$model" "$WORK/dynamic.$form.yaml" "$WORK/dynamic.$form"
+  done
+  for batch in 1 32; do
+    node bench/ort_speed.js --model "$model" --model "$WORK/dynamic.ORT_FUSED/model.onnx" \
+      --model "$WORK/dynamic.STANDARD/model.onnx" --batch "$batch" --threads 1 --rounds $((REPEAT * 2)) \
+      --iters 100 --warmup 20 >"$WORK/dynamic_speed.$batch.json" || die "ort_speed.js failed"
+  done
+  printf '%-10s %9s %8s %8s %11s %16s %16s\n' model bytes "vs fp32" top-1 "drop (pts)" "ms/batch b=1" "ms/batch b=32"
+  speed() { json "$WORK/dynamic_speed.$1.json" "d.results[$2].median_ms_per_batch.toFixed(3)"; }
+  printf '%-10s %9s %8s %8s %11s %16s %16s\n' fp32 "$fp32_bytes" "1.000" "$fp32" "" "$(speed 1 0)" "$(speed 32 0)"
+  i=1
+  for form in ORT_FUSED STANDARD; do
+    out="$WORK/dynamic.$form/model.onnx"
+    bytes="$(stat -c %s "$out")"
+    acc="$(accuracy "$out")"
+    printf '%-10s %9s %8s %8s %11s %16s %16s\n' "$form" "$bytes" "$(calc "($bytes / $fp32_bytes).toFixed(3)")" \
+      "$acc" "$(drop "$fp32" "$acc")" "$(speed 1 $i) ($(calc "($(speed 1 0) / $(speed 1 $i)).toFixed(2)")x)" \
+      "$(speed 32 $i) ($(calc "($(speed 32 0) / $(speed 32 $i)).toFixed(2)")x)"
+    if [ "$form" = ORT_FUSED ]; then
+      verdict="$(calc "$bytes <= 0.30 * $fp32_bytes && Math.abs($fp32 - $acc) * 100 <= 0.5 ? 'met' : 'MISSED'")"
+      fused_line="ORT_FUSED: size <= 30% of fp32 and top-1 within 0.5 points: $verdict"
+    fi
+    i=$((i + 1))
+  done
+  echo "latency columns: median ms per batch (fp32 ms / dynamic ms in brackets, above 1 = faster than fp32)"
+  echo "$fused_line"
 fi
