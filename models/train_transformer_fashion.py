@@ -21,15 +21,16 @@ Architecture (ViT-style, pre-LayerNorm):
                -Reshape-> [N,16,49]: 16 non-overlapping 7x7 patches in
                row-major order (the batch size is read from the input shape,
                so any N works)
-  embedding    Linear(49->64) per patch, a learnable class token is
+  embedding    Linear(49->128) per patch, a learnable class token is
                prepended (-> 17 tokens) and a learnable positional
-               embedding [17,64] added
+               embedding [17,128] added
   2 x encoder  x = x + Attn(LayerNorm(x));  x = x + FFN(LayerNorm(x))
-               Attn: 4 heads of 16, separate q/k/v Linear(64->64),
-                     softmax(q k^T / sqrt(16)) v with plain MatMul/Softmax,
-                     heads merged, Linear(64->64)
-               FFN:  Linear(64->128), GELU (exact, erf), Linear(128->64)
-  head         class token -> LayerNorm -> Linear(64->10)
+               Attn: 4 heads of 32, separate q/k/v Linear(128->128),
+                     softmax(q k^T / sqrt(32)) v with plain MatMul/Softmax,
+                     heads merged, Linear(128->128)
+               FFN:  Linear(128->512), GELU (exact, erf), Linear(512->128)
+               (the usual 4x expansion)
+  head         class token -> LayerNorm -> Linear(128->10)
   dropout      none (0 during training and at export)
 
 In ONNX (opset 17) this is MatMul / Add / Mul / Div / Softmax / Transpose /
@@ -76,10 +77,10 @@ PATCH = 7
 GRID = IMAGE // PATCH            # 4 patches per side
 NUM_PATCHES = GRID * GRID        # 16
 PATCH_DIM = PATCH * PATCH        # 49
-D_MODEL = 64
+D_MODEL = 128
 HEADS = 4
-HEAD_DIM = D_MODEL // HEADS      # 16
-FFN_DIM = 128
+HEAD_DIM = D_MODEL // HEADS      # 32
+FFN_DIM = 512
 LAYERS = 2
 TOKENS = NUM_PATCHES + 1         # class token + patches
 
@@ -176,11 +177,11 @@ class TransformerFashion(nn.Module):
         # [B,1,28,28] -> [B,4,7,4,7] -> [B,4,4,7,7] -> [B,16,49]
         p = x.reshape(b, GRID, PATCH, GRID, PATCH).permute(0, 1, 3, 2, 4)
         p = p.reshape(b, NUM_PATCHES, PATCH_DIM)
-        tokens = self.patch_embed(p)                                   # [B,16,64]
+        tokens = self.patch_embed(p)                                   # [B,16,128]
         # expand_as (rather than expand(b, 1, D)) keeps the exported shape
         # computation to Shape/Slice/Expand, without Equal/Where/ConstantOfShape.
-        cls = self.cls_token.expand_as(tokens[:, :1])                  # [B,1,64]
-        h = torch.cat([cls, tokens], dim=1) + self.pos_embed           # [B,17,64]
+        cls = self.cls_token.expand_as(tokens[:, :1])                  # [B,1,128]
+        h = torch.cat([cls, tokens], dim=1) + self.pos_embed           # [B,17,128]
         for layer in self.layers:
             h = layer(h)
         return self.head(self.norm(h[:, 0]))
