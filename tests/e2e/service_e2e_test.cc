@@ -479,9 +479,8 @@ TEST_F(FullQuantServiceTest, DynamicQuantizationOfTheTransformerKeepsAccuracyAnd
     config << "common_quant_param:\n  quant_type: DYNAMIC_QUANT\n  bit_num: 8\n"
               "dynamic_quant_param:\n  operator_form: STANDARD\n";
   }
-  auto converted = RunCommand({(BinDir() / "quantctl").string(), "convert", "--model", transformer.string(),
-                               "--config", (out_ / "dynamic_standard.yaml").string(), "--out",
-                               (out_ / "standard").string()});
+  auto converted = RunCommand({(BinDir() / "quantctl").string(), "convert", "--model", transformer.string(), "--config",
+                               (out_ / "dynamic_standard.yaml").string(), "--out", (out_ / "standard").string()});
   ASSERT_EQ(converted.exit_code, 0) << converted.err;
   auto standard = out_ / "standard" / "model.onnx";
   auto standard_optimized = out_ / "standard_optimized.onnx";
