@@ -2,9 +2,9 @@
 // MindSpore Lite's converter_lite config file: sections [common_quant_param],
 // [mixed_bit_weight_quant_param], [full_quant_param] and
 // [data_preprocess_param], plus [dynamic_quant_param] for the operator form
-// dynamic quantization writes. The same content is accepted in two spellings, the
-// converter's INI-style .cfg and YAML, and both go through one typed reader so
-// that they cannot drift apart in meaning.
+// dynamic quantization writes. The same content is accepted in two
+// spellings, the converter's INI-style .cfg and YAML, and both go through one
+// typed reader so that they cannot drift apart in meaning.
 #pragma once
 
 #include <cstdint>
@@ -62,7 +62,7 @@ struct DynamicQuantParam {
   // ORT_FUSED writes ONNX Runtime's com.microsoft DynamicQuantizeMatMul, one
   // node per MatMul with its bias; STANDARD keeps to standard ONNX operators
   // (DynamicQuantizeLinear, MatMulInteger, ...) for other runtimes, at about
-  // 450 more bytes of graph per MatMul.
+  // 650 more bytes of graph per MatMul.
   DynamicOperatorForm operator_form = DynamicOperatorForm::kOrtFused;
 
   bool operator==(const DynamicQuantParam&) const = default;

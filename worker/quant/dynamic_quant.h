@@ -23,8 +23,9 @@
 // which ONNX Runtime 1.30's CPU provider fuses back into
 // MatMulIntegerToFloat (bias included) and, where X feeds a single quantized
 // node, with its DynamicQuantizeLinear into DynamicQuantizeMatMul. Both
-// forms compute the same values; the fused one writes about 150 bytes of
-// graph per MatMul instead of 600, which matters for small models.
+// forms compute the same values; the fused one writes about a quarter of the
+// graph bytes per MatMul (230 instead of 900 on the bundled transformer),
+// which matters for small models.
 //
 // W_q is W quantized symmetrically per output column (values -127..127) and
 // stored as [K, N]: a Gemm's transB weight is transposed at conversion and
