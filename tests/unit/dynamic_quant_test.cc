@@ -398,13 +398,19 @@ TEST(DynamicQuantTest, MatMulBecomesAnIntegerChainWithPerColumnUint8Weights) {
   ExpectOnnxValid(model);
 }
 
-TEST(DynamicQuantTest, BatchedActivationsMatchTheFloatResult) {
+// z = x [2, 5, 16] * W [16, 12] + bias [12], the way PyTorch exports a
+// Linear: MatMul "mm" -> "y", then Add "add"(bias, y) -> "z".
+ModelProto LinearWithBias() {
   ModelBuilder b(17);
   b.Input("x", {2, 5, 16}).Output("z", {2, 5, 12}).Weight("W", {16, 12}, 0.8f, 1).Weight("bias", {12}, 0.3f, 2);
   b.Node("MatMul", "mm", {"x", "W"}, {"y"});
   b.Node("Add", "add", {"bias", "y"}, {"z"});
-  const ModelProto original = b.model();
-  ModelProto& model = b.model();
+  return b.model();
+}
+
+TEST(DynamicQuantTest, BatchedActivationsMatchTheFloatResult) {
+  const ModelProto original = LinearWithBias();
+  ModelProto model = original;
   ASSERT_TRUE(QuantizeDynamic(model, Standard()).ok());
   EXPECT_EQ(model.graph().node(model.graph().node_size() - 1).op_type(), "Add") << "the model's own Add is kept";
   ExpectCloseToFloat(original, model, {{"x", Ramp({2, 5, 16}, -2.0, 3.0)}}, 0.02);
@@ -701,12 +707,8 @@ bool ImportsContribOpset(const ModelProto& model) {
 }
 
 TEST(DynamicQuantFusedTest, AMatMulAndItsBiasAddBecomeOneNodeComputingWhatTheStandardChainDoes) {
-  ModelBuilder b(17);
-  b.Input("x", {2, 5, 16}).Output("z", {2, 5, 12}).Weight("W", {16, 12}, 0.8f, 1).Weight("bias", {12}, 0.3f, 2);
-  b.Node("MatMul", "mm", {"x", "W"}, {"y"});
-  b.Node("Add", "add", {"bias", "y"}, {"z"});
-  const ModelProto original = b.model();
-  ModelProto& model = b.model();
+  const ModelProto original = LinearWithBias();
+  ModelProto model = original;
   ModelBuilder::Describe(model.mutable_graph()->add_value_info(), "y", {2, 5, 12});
   auto report = QuantizeDynamic(model, {});
   ASSERT_TRUE(report.ok()) << report.status().message();
