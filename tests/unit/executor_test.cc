@@ -643,6 +643,45 @@ TEST(ExecutorTest, PreparedBatchFindsEveryBufferOfItsFirstRunInTheCache) {
   }
 }
 
+// The allocation replay gives no buffer to an output its kernel declares a
+// view, so the declaration must match what Compute does.
+TEST(ExecutorTest, KernelsDeclareExactlyTheViewsTheyReturn) {
+  FixedThreadPool pool(1);
+  Tensor x(DataType::kFloat, {2, 1, 3});
+  for (int64_t i = 0; i < x.size(); ++i) x.data<float>()[i] = static_cast<float>(i) - 2.5f;
+  Tensor shape(DataType::kInt64, {2});
+  shape.data<int64_t>()[0] = 3;
+  shape.data<int64_t>()[1] = 2;
+  Tensor axes(DataType::kInt64, {1});
+  axes.data<int64_t>()[0] = 1;
+  struct Case {
+    const char* op;
+    const Tensor* second_input;
+    bool view;
+  };
+  for (const Case& c : {Case{"Reshape", &shape, true}, Case{"Flatten", nullptr, true}, Case{"Squeeze", &axes, true},
+                        Case{"Unsqueeze", &axes, true}, Case{"Identity", nullptr, true}, Case{"Dropout", nullptr, true},
+                        Case{"Relu", nullptr, false}, Case{"Transpose", nullptr, false}, Case{"Neg", nullptr, false}}) {
+    SCOPED_TRACE(c.op);
+    NodeProto node;
+    node.set_op_type(c.op);
+    node.add_input("x");
+    if (c.second_input) node.add_input("second");
+    node.add_output("y");
+    const KernelFactory* factory = KernelRegistry::Default().Find("", c.op, 13);
+    ASSERT_NE(factory, nullptr);
+    auto kernel = (*factory)(KernelInit{node, 13, NodeAttributes(node), {}});
+    ASSERT_TRUE(kernel.ok()) << kernel.status().message();
+    std::vector<const Tensor*> inputs = {&x};
+    if (c.second_input) inputs.push_back(c.second_input);
+    std::vector<Tensor> outputs(1);
+    KernelContext ctx(inputs, outputs, pool);
+    ASSERT_TRUE((*kernel)->Compute(ctx).ok());
+    EXPECT_EQ((*kernel)->OutputIsInputView(), c.view);
+    EXPECT_EQ(outputs[0].data<float>() == x.data<float>(), c.view) << "whether Compute returned a view";
+  }
+}
+
 TEST(ExecutorTest, PreparationMatchesUnpreparedRunsAndSurvivesModelsItCannotProbe) {
   const ModelProto model = ConvPoolFlatten();
   ExecutorOptions prepared_options;

@@ -378,8 +378,7 @@ void Executor::PrepareForBatch(int64_t batch) {
     }
     step.kernel->Prepare(input_shapes, pool_->num_threads());
 
-    const std::string& op = nodes_[static_cast<size_t>(step.node_index)].op_type();
-    const bool view = op == "Reshape" || op == "Flatten" || op == "Squeeze" || op == "Unsqueeze" || op == "Identity";
+    const bool view = step.kernel->OutputIsInputView();
     for (size_t o = 0; o < step.output_slots.size(); ++o) {
       const int slot = step.output_slots[o];
       if (slot < 0 || !full[static_cast<size_t>(slot)]) continue;

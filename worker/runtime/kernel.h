@@ -98,6 +98,10 @@ class Kernel {
   // JIT code) happens before the first run instead of inside it. Best
   // effort: a kernel that cannot use the shapes ignores them.
   virtual void Prepare(const std::vector<const Shape*>& /*input_shapes*/, int /*num_threads*/) const {}
+  // True when output 0 is always input 0's buffer under another shape (a
+  // reshape or a pass-through): Executor::Create's allocation replay then
+  // gives it no buffer of its own, as the real run would not.
+  virtual bool OutputIsInputView() const { return false; }
 };
 
 using KernelFactory = std::function<StatusOr<std::unique_ptr<Kernel>>(const KernelInit& init)>;

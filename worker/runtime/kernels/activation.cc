@@ -428,6 +428,7 @@ class SoftmaxKernel final : public Kernel {
 // Dropout at inference: Y = X, and the optional mask is all true.
 class DropoutKernel final : public Kernel {
  public:
+  bool OutputIsInputView() const override { return true; }
   Status Compute(KernelContext& ctx) const override {
     const Tensor* in = ctx.input(0);
     if (!in) return KernelError("expects an input");

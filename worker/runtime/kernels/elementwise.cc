@@ -568,6 +568,7 @@ class CastKernel final : public Kernel {
 
 class IdentityKernel final : public Kernel {
  public:
+  bool OutputIsInputView() const override { return true; }
   Status Compute(KernelContext& ctx) const override {
     if (!ctx.input(0)) return KernelError("expects one input");
     ctx.output(0) = *ctx.input(0);

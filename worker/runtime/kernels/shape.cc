@@ -106,6 +106,7 @@ Status CopyStrided(const Tensor& in, int64_t offset, const Shape& src_strides, c
 
 class ReshapeKernel final : public Kernel {
  public:
+  bool OutputIsInputView() const override { return true; }
   ReshapeKernel(std::vector<int64_t> shape_attr, bool from_input, bool allowzero)
       : shape_attr_(std::move(shape_attr)), from_input_(from_input), allowzero_(allowzero) {}
   Status Compute(KernelContext& ctx) const override {
@@ -155,6 +156,7 @@ class ReshapeKernel final : public Kernel {
 
 class FlattenKernel final : public Kernel {
  public:
+  bool OutputIsInputView() const override { return true; }
   explicit FlattenKernel(int64_t axis) : axis_(axis) {}
   Status Compute(KernelContext& ctx) const override {
     const Tensor* in = ctx.input(0);
@@ -175,6 +177,7 @@ class FlattenKernel final : public Kernel {
 
 class SqueezeKernel final : public Kernel {
  public:
+  bool OutputIsInputView() const override { return true; }
   SqueezeKernel(bool unsqueeze, std::vector<int64_t> axes_attr, bool from_input)
       : unsqueeze_(unsqueeze), axes_attr_(std::move(axes_attr)), from_input_(from_input) {}
   Status Compute(KernelContext& ctx) const override {
