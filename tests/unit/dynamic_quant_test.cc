@@ -140,6 +140,11 @@ std::vector<uint8_t> Bytes(const TensorProto& tensor) {
   return {tensor.raw_data().begin(), tensor.raw_data().end()};
 }
 
+std::vector<int8_t> SignedBytes(const TensorProto& tensor) {
+  EXPECT_EQ(tensor.data_type(), onnx_type::kInt8);
+  return {tensor.raw_data().begin(), tensor.raw_data().end()};
+}
+
 std::vector<float> Floats(const TensorProto& tensor) {
   auto values = ReadFloatTensor(tensor);
   EXPECT_TRUE(values.ok()) << tensor.name();
@@ -173,9 +178,9 @@ void ExpectOnnxValid(const ModelProto& model) {
 // ---- a reference evaluator for the operators involved ---------------------
 //
 // Written from the ONNX operator definitions, not from the pass: enough of
-// MatMul, Gemm, DynamicQuantizeLinear, MatMulInteger, Cast, Mul, Add and
-// ONNX Runtime's DynamicQuantizeMatMul to run the small models below in
-// double precision.
+// MatMul, Gemm, Gather (axis 0), DynamicQuantizeLinear, MatMulInteger, Cast,
+// Mul, Add and ONNX Runtime's DynamicQuantizeMatMul to run the small models
+// below in double precision.
 
 struct Value {
   std::vector<int64_t> dims;
@@ -207,12 +212,30 @@ Value MatMulRef(const Value& a, const Value& b, double a_zero = 0, double b_zero
   return out;
 }
 
-// Elementwise with numpy broadcasting of the trailing dimensions.
+// Elementwise with numpy broadcasting.
 Value Broadcast(const Value& x, const Value& y, const std::function<double(double, double)>& f) {
-  const Value& big = Size(x.dims) >= Size(y.dims) ? x : y;
-  Value out{big.dims, std::vector<double>(big.data.size())};
-  const size_t nx = x.data.size(), ny = y.data.size();
-  for (size_t i = 0; i < out.data.size(); ++i) out.data[i] = f(x.data[i % nx], y.data[i % ny]);
+  const size_t rank = std::max(x.dims.size(), y.dims.size());
+  auto padded = [rank](const std::vector<int64_t>& dims) {
+    std::vector<int64_t> out(rank - dims.size(), 1);
+    out.insert(out.end(), dims.begin(), dims.end());
+    return out;
+  };
+  const std::vector<int64_t> xd = padded(x.dims), yd = padded(y.dims);
+  Value out;
+  for (size_t d = 0; d < rank; ++d) out.dims.push_back(std::max(xd[d], yd[d]));
+  out.data.resize(static_cast<size_t>(Size(out.dims)));
+  for (int64_t i = 0; i < Size(out.dims); ++i) {
+    int64_t rest = i, xi = 0, yi = 0, x_stride = 1, y_stride = 1;
+    for (size_t d = rank; d-- > 0;) {
+      const int64_t coordinate = rest % out.dims[d];
+      rest /= out.dims[d];
+      xi += (xd[d] == 1 ? 0 : coordinate) * x_stride;
+      yi += (yd[d] == 1 ? 0 : coordinate) * y_stride;
+      x_stride *= xd[d];
+      y_stride *= yd[d];
+    }
+    out.data[static_cast<size_t>(i)] = f(x.data[static_cast<size_t>(xi)], y.data[static_cast<size_t>(yi)]);
+  }
   return out;
 }
 
@@ -242,6 +265,8 @@ std::map<std::string, Value> Evaluate(const ModelProto& model, std::map<std::str
       for (float f : Floats(tensor)) v.data.push_back(f);
     } else if (tensor.data_type() == onnx_type::kUint8) {
       for (uint8_t b : Bytes(tensor)) v.data.push_back(b);
+    } else if (tensor.data_type() == onnx_type::kInt8) {
+      for (int8_t b : SignedBytes(tensor)) v.data.push_back(b);
     } else {
       ADD_FAILURE() << "unexpected initializer type " << tensor.data_type();
     }
@@ -274,12 +299,30 @@ std::map<std::string, Value> Evaluate(const ModelProto& model, std::map<std::str
       values[node.output(0)] = y;
     } else if (op == "MatMulInteger") {
       values[node.output(0)] = MatMulRef(in(node, 0), in(node, 1), in(node, 2).data.at(0), in(node, 3).data.at(0));
-    } else if (op == "Cast") {
+    } else if (op == "Cast" || op == "Identity") {
       values[node.output(0)] = in(node, 0);
+    } else if (op == "Gather") {
+      for (const auto& a : node.attribute()) EXPECT_FALSE(a.name() == "axis" && a.i() != 0) << "axis 0 only";
+      const Value& data = in(node, 0);
+      const Value& indices = in(node, 1);
+      const int64_t rows = data.dims[0], row_size = Size(data.dims) / rows;
+      Value y;
+      y.dims = indices.dims;
+      y.dims.insert(y.dims.end(), data.dims.begin() + 1, data.dims.end());
+      for (double index : indices.data) {
+        const int64_t row =
+            static_cast<int64_t>(index) < 0 ? static_cast<int64_t>(index) + rows : static_cast<int64_t>(index);
+        for (int64_t i = 0; i < row_size; ++i) y.data.push_back(data.data.at(static_cast<size_t>(row * row_size + i)));
+      }
+      values[node.output(0)] = y;
     } else if (op == "Mul") {
       values[node.output(0)] = Broadcast(in(node, 0), in(node, 1), [](double a, double b) { return a * b; });
     } else if (op == "Add") {
       values[node.output(0)] = Broadcast(in(node, 0), in(node, 1), [](double a, double b) { return a + b; });
+    } else if (op == "Relu") {
+      Value y = in(node, 0);
+      for (double& v : y.data) v = std::max(v, 0.0);
+      values[node.output(0)] = y;
     } else if (op == "Gemm") {
       double alpha = 1, beta = 1;
       bool trans_b = false;
@@ -537,6 +580,34 @@ TEST(DynamicQuantTest, AWeightIsStoredOncePerLayoutItIsReadIn) {
   ExpectCloseToFloat(original, model,
                      {{"x1", Ramp({2, 6}, -1.0, 1.0)}, {"x2", Ramp({3, 6}, 0.0, 1.0)}, {"x3", Ramp({2, 8}, -3.0, 1.0)}},
                      0.02);
+}
+
+TEST(DynamicQuantTest, AWeightBehindIdentityCopiesIsQuantizedOnceAndTheCopiesGo) {
+  // PyTorch writes deduplicated parameters as Identity of one initializer.
+  ModelBuilder b(17);
+  b.Input("x", {3, 8}).Output("y0", {3, 4}).Output("y1", {3, 4}).Output("y2", {3, 4});
+  b.Weight("W", {8, 4}, 1.0f, 60).Weight("V", {8, 4}, 1.0f, 61);
+  b.Node("Identity", "copy", {"W"}, {"W_copy"});
+  b.Node("Identity", "copy_of_copy", {"W_copy"}, {"W_copy2"});
+  b.Node("MatMul", "m0", {"x", "W"}, {"y0"});
+  b.Node("MatMul", "m1", {"x", "W_copy2"}, {"y1"});
+  b.Node("Identity", "still_read", {"V"}, {"V_copy"});
+  b.Node("MatMul", "m2", {"x", "V_copy"}, {"y2"});
+  b.Node("Relu", "reads_the_copy", {"V_copy"}, {"r"});
+  const ModelProto original = b.model();
+  for (const auto& options : {DynamicQuantOptions{}, Standard()}) {
+    ModelProto model = original;
+    auto report = QuantizeDynamic(model, options);
+    ASSERT_TRUE(report.ok()) << report.status().message();
+    EXPECT_EQ(report->quantized_nodes, (std::vector<std::string>{"m0", "m1", "m2"}));
+    EXPECT_EQ(Count(model, "Identity"), 1) << "only the copy something else still reads stays";
+    EXPECT_EQ(Producer(model, "V_copy")->input(0), "V");
+    EXPECT_EQ(Init(model, "W"), nullptr) << "no float copy of W is left";
+    EXPECT_NE(Init(model, "V"), nullptr);
+    EXPECT_EQ(report->float_weight_bytes, 2 * 32 * 4) << "W is stored once for m0 and m1";
+    ExpectTopological(model);
+    ExpectCloseToFloat(original, model, {{"x", Ramp({3, 8}, -1.0, 2.0)}}, 0.02);
+  }
 }
 
 TEST(DynamicQuantTest, SkippedNodesSayWhyAndLeaveTheModelAlone) {
@@ -836,6 +907,104 @@ TEST(DynamicQuantFusedTest, OpsetTenNeedsNoUpgrade) {
   EXPECT_EQ(model.opset_import(0).version(), 10);
   EXPECT_TRUE(ImportsContribOpset(model));
   ExpectCloseToFloat(original, model, {{"x", Ramp({2, 8}, -1.0, 1.0)}}, 0.02);
+}
+
+// ---- embedding tables read by Gather ---------------------------------------
+
+TEST(DynamicQuantGatherTest, ATableBecomesInt8RowsWithOneScalePerRow) {
+  // Row peaks 1.27, 2.54, 0 (all zero: scale 1) and 0.127; every value is
+  // a multiple of its row's scale, so the stored integers are exact.
+  ModelBuilder b(13);
+  b.Input("ids", {2, 3}).Output("y", {2, 3, 3});
+  b.Weight("table", {4, 3}, {1.27f, -0.5f, 0.25f, 2.54f, 0.0f, -2.54f, 0.0f, 0.0f, 0.0f, 0.0f, -0.127f, 0.1f});
+  b.Node("Gather", "embed", {"table", "ids"}, {"y"});
+  b.model().mutable_graph()->mutable_input(0)->mutable_type()->mutable_tensor_type()->set_elem_type(onnx_type::kInt64);
+  const ModelProto original = b.model();
+  for (const auto& options : {DynamicQuantOptions{}, Standard()}) {
+    ModelProto model = original;
+    auto report = QuantizeDynamic(model, options);
+    ASSERT_TRUE(report.ok()) << report.status().message();
+    ASSERT_EQ(OpTypes(model), (std::vector<std::string>{"Gather", "Gather", "Cast", "Mul"}));
+    const NodeProto& rows = model.graph().node(0);
+    const NodeProto& scales = model.graph().node(1);
+    EXPECT_EQ(rows.name(), "embed") << "the lookup keeps the node's name";
+    EXPECT_EQ(rows.input(1), "ids");
+    EXPECT_EQ(scales.input(1), "ids");
+    const TensorProto* table = Init(model, rows.input(0));
+    ASSERT_NE(table, nullptr);
+    EXPECT_EQ(Dims(*table), (std::vector<int64_t>{4, 3}));
+    EXPECT_EQ(SignedBytes(*table), (std::vector<int8_t>{127, -50, 25, 127, 0, -127, 0, 0, 0, 0, -127, 100}));
+    const TensorProto* row_scale = Init(model, scales.input(0));
+    ASSERT_NE(row_scale, nullptr);
+    EXPECT_EQ(Dims(*row_scale), (std::vector<int64_t>{4, 1}));
+    const auto scale_values = Floats(*row_scale);
+    ASSERT_EQ(scale_values.size(), 4u);
+    EXPECT_FLOAT_EQ(scale_values[0], 0.01f);
+    EXPECT_FLOAT_EQ(scale_values[1], 0.02f);
+    EXPECT_FLOAT_EQ(scale_values[2], 1.0f);
+    EXPECT_FLOAT_EQ(scale_values[3], 0.001f);
+    EXPECT_EQ(model.graph().node(3).output(0), "y");
+    EXPECT_EQ(Init(model, "table"), nullptr) << "the float table is dropped";
+    EXPECT_EQ(Init(model, "dynamic_quant_weight_zero_point"), nullptr) << "no MatMul, so no weight zero point";
+    EXPECT_EQ(report->quantized_nodes, std::vector<std::string>{"embed"});
+    EXPECT_EQ(report->float_weight_bytes, 12 * 4);
+    EXPECT_EQ(report->quantized_weight_bytes, 12 + 4 * 4);
+    EXPECT_EQ(model.opset_import_size(), 1) << "standard operators only";
+    ExpectTopological(model);
+    ExpectOnnxValid(model);
+
+    const std::map<std::string, Value> ids = {{"ids", Value{{2, 3}, {0, 1, 2, 3, -1, -4}}}};
+    const Value expected = Evaluate(original, ids).at("y");
+    const Value actual = Evaluate(model, ids).at("y");
+    ASSERT_EQ(actual.dims, (std::vector<int64_t>{2, 3, 3}));
+    for (size_t i = 0; i < expected.data.size(); ++i) EXPECT_NEAR(actual.data[i], expected.data[i], 1e-6) << i;
+  }
+}
+
+TEST(DynamicQuantGatherTest, ATableAlsoReadInFloatElsewhereIsKept) {
+  ModelBuilder b(13);
+  b.Input("ids", {3}).Input("x", {2, 4}).Output("y", {3, 3}).Output("t", {3, 4}).Output("z", {2, 3});
+  b.Weight("shared", {4, 3}, 1.0f, 40).Weight("tied", {4, 3}, 1.0f, 41);
+  b.Node("Gather", "lookup_shared", {"shared", "ids"}, {"y"});
+  b.Node("Transpose", "reads_in_float", {"shared"}, {"t"});
+  b.Node("Gather", "lookup_tied", {"tied", "ids"}, {"u"});
+  b.Node("MatMul", "tied_projection", {"x", "tied"}, {"z"});
+  ModelProto& model = b.model();
+  auto report = QuantizeDynamic(model, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  ASSERT_EQ(report->skipped.size(), 1u);
+  EXPECT_EQ(report->skipped[0].node_name, "lookup_shared");
+  EXPECT_EQ(report->skipped[0].reason, "the table is also read by Transpose 'reads_in_float', which needs it in float");
+  EXPECT_EQ(Producer(model, "y")->input(0), "shared");
+  EXPECT_EQ(report->quantized_nodes, (std::vector<std::string>{"tied_projection", "lookup_tied"}))
+      << "a MatMul stores its own integer copy, so the lookup is quantized too";
+  EXPECT_EQ(Init(model, "tied"), nullptr);
+  ExpectTopological(model);
+}
+
+TEST(DynamicQuantGatherTest, LookupsThatAreNotRowsOfAConstantTableStayFloat) {
+  ModelBuilder b(13);
+  b.Input("ids", {2}).Input("runtime_table", {4, 3});
+  b.Output("y1", {4, 2}).Output("y2", {2}).Output("y3", {2, 3}).Output("y4", {2, 3});
+  b.Weight("table", {4, 3}, 1.0f, 50).Weight("vector", {6}, 1.0f, 51).Weight("small", {2, 3}, 1.0f, 52);
+  SetInt(b.Node("Gather", "columns", {"table", "ids"}, {"y1"}), "axis", 1);
+  b.Node("Gather", "rank1", {"vector", "ids"}, {"y2"});
+  b.Node("Gather", "runtime", {"runtime_table", "ids"}, {"y3"});
+  b.Node("Gather", "tiny", {"small", "ids"}, {"y4"});
+  ModelProto& model = b.model();
+  const ModelProto original = model;
+  DynamicQuantOptions options;
+  options.min_quant_weight_size = 6;
+  auto report = QuantizeDynamic(model, options);
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  std::map<std::string, std::string> reasons;
+  for (const auto& skipped : report->skipped) reasons[skipped.node_name] = skipped.reason;
+  EXPECT_EQ(reasons["columns"], "axis 1: only row lookups (axis 0) are quantized");
+  EXPECT_EQ(reasons["rank1"], "table has rank 1, rows need rank 2 or more");
+  EXPECT_EQ(reasons["runtime"], "data input is not a constant initializer");
+  EXPECT_EQ(reasons["tiny"], "6 table elements ≤ min_quant_weight_size 6");
+  EXPECT_TRUE(report->quantized_nodes.empty());
+  EXPECT_EQ(model.SerializeAsString(), original.SerializeAsString()) << "nothing changes";
 }
 
 }  // namespace

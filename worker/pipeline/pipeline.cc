@@ -405,9 +405,9 @@ StatusOr<PipelineResult> RunPipeline(const PipelineRequest& request, PipelineObs
                              : DynamicQuantForm::kOnnxRuntimeFused;
           QUANTD_ASSIGN_OR_RETURN(auto report, QuantizeDynamic(model, options));
           observer.OnLog(LogLevel::kInfo, "dynamic quantization: " + std::to_string(report.quantized_nodes.size()) +
-                                              " MatMul/Gemm nodes quantized, " + std::to_string(report.skipped.size()) +
-                                              " kept in float, " + std::to_string(report.fused_bias_adds) +
-                                              " bias Adds folded in");
+                                              " MatMul/Gemm/Gather nodes quantized, " +
+                                              std::to_string(report.skipped.size()) + " kept in float, " +
+                                              std::to_string(report.fused_bias_adds) + " bias Adds folded in");
           nlohmann::json skipped = nlohmann::json::array();
           for (const auto& node : report.skipped) {
             skipped.push_back({{"node", node.node_name}, {"node_type", node.node_type}, {"reason", node.reason}});

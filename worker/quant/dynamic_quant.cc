@@ -1,9 +1,11 @@
 #include "worker/quant/dynamic_quant.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <unordered_set>
 #include <utility>
@@ -60,6 +62,14 @@ struct StoredWeight {
   std::map<float, std::string> scale_names;
 };
 
+// An embedding table read by Gather, quantized per row (axis 0).
+struct StoredTable {
+  std::vector<int64_t> dims;
+  std::string payload;  // INT8 raw data, same layout
+  std::vector<float> row_scales;
+  std::string quantized_name, scale_name;  // set when first written
+};
+
 // Row-major [rows, cols] -> [cols, rows].
 std::vector<float> Transpose(const std::vector<float>& values, int64_t rows, int64_t cols) {
   std::vector<float> out(values.size());
@@ -86,6 +96,21 @@ std::string QuantizeColumns(const std::vector<float>& values, int64_t k, int64_t
     out.payload[i] = static_cast<char>(static_cast<uint8_t>(q->values[i] + kWeightZeroPoint));
   }
   out.scales = std::move(q->scales);
+  return "";
+}
+
+// The initializer behind `name`, following Identity nodes, or "" when it is
+// not a constant: PyTorch's exporter writes parameters it deduplicated (or
+// shared ones) as an Identity of a single initializer.
+std::string ConstantSource(const GraphView& view, std::string name) {
+  for (int hops = 0; hops < 64; ++hops) {
+    if (view.Initializer(name)) return name;
+    const int producer = view.ProducerIndex(name);
+    if (producer < 0) return "";
+    const onnx::NodeProto& node = view.graph().node(producer);
+    if (!IsDefaultDomain(node.domain()) || node.op_type() != "Identity" || node.input_size() != 1) return "";
+    name = node.input(0);
+  }
   return "";
 }
 
@@ -121,13 +146,57 @@ int FindBiasAdd(const onnx::NodeProto& matmul, const GraphView& view, int64_t co
   }
   const std::string& other = add.input(0) == y ? add.input(1) : add.input(0);
   if (other == y) return -1;
-  const onnx::TensorProto* constant = view.Initializer(other);
+  const std::string source = ConstantSource(view, other);
+  const onnx::TensorProto* constant = source.empty() ? nullptr : view.Initializer(source);
   if (!constant || constant->data_type() != onnx_type::kFloat ||
       constant->data_location() == onnx::TensorProto::EXTERNAL || DimsOf(*constant) != std::vector<int64_t>{columns}) {
     return -1;
   }
-  bias = other;
+  bias = source;
   return readers[0];
+}
+
+// Why a Gather's table cannot be quantized, or "".
+std::string CheckGather(const onnx::NodeProto& node, const GraphView& view, const DynamicQuantOptions& options) {
+  if (options.skip_quant_node.count(node.name())) return "in skip_quant_node";
+  if (node.input_size() != 2 || node.output_size() != 1 || node.output(0).empty())
+    return "node lacks inputs or outputs";
+  const onnx::TensorProto* table = view.Initializer(node.input(0));
+  if (!table) return "data input is not a constant initializer";
+  if (table->data_type() != onnx_type::kFloat) {
+    return "table dtype is " + DataTypeName(table->data_type()) + ", only FLOAT is quantized";
+  }
+  if (table->data_location() == onnx::TensorProto::EXTERNAL)
+    return "table data is stored externally and was not loaded";
+  const int rank = table->dims_size();
+  if (rank < 2) return "table has rank " + std::to_string(rank) + ", rows need rank 2 or more";
+  int64_t axis = 0;
+  if (const auto* a = FindAttribute(node, "axis")) axis = a->i() < 0 ? a->i() + rank : a->i();
+  if (axis != 0) return "axis " + std::to_string(axis) + ": only row lookups (axis 0) are quantized";
+  const auto elements = ElementCount(*table);
+  if (!elements) return "table has invalid dims";
+  if (*elements <= options.min_quant_weight_size) {
+    return std::to_string(*elements) + " table elements ≤ min_quant_weight_size " +
+           std::to_string(options.min_quant_weight_size);
+  }
+  if (view.IsGraphOutput(node.input(0))) return "the table is also a graph output";
+  return "";
+}
+
+// Quantizes a table per row (axis 0) into `out`, symmetric int8; a
+// non-empty return says why it could not.
+std::string QuantizeRows(const onnx::TensorProto& tensor, StoredTable& out) {
+  auto values = ReadFloatTensor(tensor);
+  if (!values.ok()) return "table data is unreadable: " + values.status().message();
+  out.dims = DimsOf(tensor);
+  auto q = QuantizePerChannel(*values, out.dims, 0, 8);
+  if (!q.ok()) {
+    return q.status().reason() == "WEIGHT_NOT_FINITE" ? "table contains NaN or infinity" : q.status().message();
+  }
+  out.payload.resize(q->values.size());
+  for (size_t i = 0; i < q->values.size(); ++i) out.payload[i] = static_cast<char>(static_cast<int8_t>(q->values[i]));
+  out.row_scales = std::move(q->scales);
+  return "";
 }
 
 onnx::NodeProto MakeNode(const std::string& op, const std::string& name, std::vector<std::string> inputs,
@@ -157,8 +226,9 @@ std::string CheckNode(const onnx::NodeProto& node, const GraphView& view, const 
   if (node.input_size() < 2 || node.output_size() < 1 || node.input(0).empty() || node.output(0).empty()) {
     return "node lacks inputs or outputs";
   }
-  const onnx::TensorProto* weight = view.Initializer(node.input(1));
-  if (!weight) return "second input is not a constant initializer";
+  const std::string source = ConstantSource(view, node.input(1));
+  if (source.empty()) return "second input is not a constant initializer";
+  const onnx::TensorProto* weight = view.Initializer(source);
   if (weight->data_type() != onnx_type::kFloat) {
     return "weight dtype is " + DataTypeName(weight->data_type()) + ", only FLOAT is quantized";
   }
@@ -198,6 +268,8 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
   // with nothing to quantize is returned as it came.
   std::vector<Target> targets;
   std::map<WeightKey, StoredWeight> weights;
+  std::vector<int> gathers;  // node indices of Gathers whose table is quantized
+  std::map<std::string, StoredTable> tables;
   {
     const onnx::GraphProto& graph = model.graph();
     GraphView view(graph);
@@ -210,13 +282,13 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
       bool transposed = false;
       std::string why = CheckNode(node, view, options, target, transposed);
       if (why.empty()) {
-        target.weight = {node.input(1), transposed};
+        target.weight = {ConstantSource(view, node.input(1)), transposed};
         if (auto it = failed.find(target.weight); it != failed.end()) {
           why = it->second;
         } else if (!weights.count(target.weight)) {
-          const onnx::TensorProto& tensor = *view.Initializer(node.input(1));
+          const onnx::TensorProto& tensor = *view.Initializer(target.weight.first);
           StoredWeight stored;
-          stored.source = node.input(1);
+          stored.source = target.weight.first;
           auto values = ReadFloatTensor(tensor);
           if (!values.ok()) {
             why = "weight data is unreadable: " + values.status().message();
@@ -243,11 +315,51 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
       targets.push_back(std::move(target));
       report.quantized_nodes.push_back(node.name());
     }
+
+    // Gathers, once the MatMul/Gemm weights are known: a table is only
+    // quantized when every reader either is such a Gather or stores its own
+    // integer copy, so that no float copy has to stay beside it.
+    std::map<std::string, std::vector<int>> gathers_by_table;
+    for (int i = 0; i < graph.node_size(); ++i) {
+      const onnx::NodeProto& node = graph.node(i);
+      if (!IsDefaultDomain(node.domain()) || node.op_type() != "Gather") continue;
+      if (std::string why = CheckGather(node, view, options); !why.empty()) {
+        report.skipped.push_back({node.name(), node.op_type(), std::move(why)});
+        continue;
+      }
+      gathers_by_table[node.input(0)].push_back(i);
+    }
+    std::set<int> weight_readers;
+    for (const Target& target : targets) weight_readers.insert(target.node);
+    for (const auto& [name, readers] : gathers_by_table) {
+      std::string why;
+      for (int reader : view.ConsumerIndices(name)) {
+        const onnx::NodeProto& other = graph.node(reader);
+        const bool gather = std::find(readers.begin(), readers.end(), reader) != readers.end();
+        const bool own_copy = weight_readers.count(reader) && other.input(0) != name;
+        if (!gather && !own_copy) {
+          why = "the table is also read by " + other.op_type() + " '" + other.name() + "', which needs it in float";
+          break;
+        }
+      }
+      StoredTable table;
+      if (why.empty()) why = QuantizeRows(*view.Initializer(name), table);
+      for (int reader : readers) {
+        const onnx::NodeProto& node = graph.node(reader);
+        if (!why.empty()) {
+          report.skipped.push_back({node.name(), node.op_type(), why});
+        } else {
+          gathers.push_back(reader);
+          report.quantized_nodes.push_back(node.name());
+        }
+      }
+      if (why.empty()) tables.emplace(name, std::move(table));
+    }
   }
-  if (targets.empty()) return report;
+  if (targets.empty() && gathers.empty()) return report;
 
   const bool fused = options.form == DynamicQuantForm::kOnnxRuntimeFused;
-  if (!fused && input_opset < kMinOpset) {
+  if (!fused && !targets.empty() && input_opset < kMinOpset) {
     QUANTD_RETURN_IF_ERROR(UpgradeOpset(model, 13).WithContext("DynamicQuantizeLinear needs opset 11"));
     report.output_opset = DefaultOpset(model);
   }
@@ -265,9 +377,12 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
   };
   // One scalar serves every weight: the zero point only shifts integers,
   // while the per-column scales live in the float multiplier.
-  const std::string weight_zero_point = names.Make("dynamic_quant_weight_zero_point");
-  new_initializers.push_back(
-      MakeRawTensor(weight_zero_point, onnx_type::kUint8, {}, std::string(1, static_cast<char>(kWeightZeroPoint))));
+  std::string weight_zero_point;
+  if (!targets.empty()) {
+    weight_zero_point = names.Make("dynamic_quant_weight_zero_point");
+    new_initializers.push_back(
+        MakeRawTensor(weight_zero_point, onnx_type::kUint8, {}, std::string(1, static_cast<char>(kWeightZeroPoint))));
+  }
 
   std::map<int, std::vector<onnx::NodeProto>> replacement;  // node index -> nodes in its place
   std::map<std::string, std::array<std::string, 3>> quantized_activation;
@@ -398,7 +513,41 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
       chain.push_back(MakeNode("Add", names.Make(base + "_Add"), {unbiased, c}, {y}));
     }
   }
-  if (fused) {
+  // Gather(table_q, indices) picks int8 rows and Gather(row_scales, indices)
+  // their scales ([..., 1, ...] against the rows' [..., d, ...]); a Cast and
+  // a Mul turn them into float. Only the rows looked up are converted.
+  for (int index : gathers) {
+    const onnx::NodeProto& node = graph.node(index);
+    const std::string& source = node.input(0);
+    const std::string& indices = node.input(1);
+    const std::string& y = node.output(0);
+    const std::string base = node.name().empty() ? y : node.name();
+    StoredTable& table = tables.at(source);
+    if (table.quantized_name.empty()) {
+      table.quantized_name = names.Make(source + "_quantized");
+      table.scale_name = names.Make(source + "_row_scale");
+      new_initializers.push_back(MakeRawTensor(table.quantized_name, onnx_type::kInt8, table.dims, table.payload));
+      std::vector<int64_t> scale_dims(table.dims.size(), 1);
+      scale_dims[0] = table.dims[0];
+      new_initializers.push_back(MakeFloatTensor(table.scale_name, scale_dims, table.row_scales));
+      report.float_weight_bytes += static_cast<int64_t>(table.payload.size()) * 4;
+      report.quantized_weight_bytes += static_cast<int64_t>(table.payload.size() + table.row_scales.size() * 4);
+      maybe_unused.insert(source);
+    }
+    const std::string rows = names.Make(y + "_quantized");
+    const std::string scales = names.Make(y + "_scale");
+    const std::string rows_float = names.Make(y + "_float");
+    std::vector<onnx::NodeProto>& chain = replacement[index];
+    chain.push_back(MakeNode("Gather", node.name().empty() ? names.Make(base + "_quantized_Gather") : node.name(),
+                             {table.quantized_name, indices}, {rows}));
+    chain.push_back(MakeNode("Gather", names.Make(base + "_scale_Gather"), {table.scale_name, indices}, {scales}));
+    auto* to = chain.emplace_back(MakeNode("Cast", names.Make(base + "_Cast"), {rows}, {rows_float})).add_attribute();
+    to->set_name("to");
+    to->set_type(onnx::AttributeProto::INT);
+    to->set_i(onnx_type::kFloat);
+    chain.push_back(MakeNode("Mul", names.Make(base + "_Mul"), {rows_float, scales}, {y}));
+  }
+  if (fused && !targets.empty()) {
     bool imported = false;
     for (const auto& opset : model.opset_import()) imported |= opset.domain() == kContribDomain;
     if (!imported) {
@@ -420,6 +569,26 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
   graph.mutable_node()->Swap(&nodes);
   for (auto& initializer : new_initializers) *graph.add_initializer() = std::move(initializer);
 
+  // Identity copies of a constant that nothing reads any more (those of a
+  // quantized weight, or of a bias a fused node now reads directly) go too,
+  // the last of a chain first, so that the float original can go.
+  for (;;) {
+    const GraphView after(graph);
+    std::unordered_set<std::string> dead;
+    for (const auto& node : graph.node()) {
+      if (IsDefaultDomain(node.domain()) && node.op_type() == "Identity" && node.input_size() == 1 &&
+          node.output_size() == 1 && !ConstantSource(after, node.input(0)).empty() &&
+          after.ConsumerIndices(node.output(0)).empty() && !after.IsGraphOutput(node.output(0))) {
+        dead.insert(node.output(0));
+      }
+    }
+    if (dead.empty()) break;
+    EraseWhere(graph.mutable_node(), [&](const auto& node) {
+      return node.op_type() == "Identity" && node.output_size() == 1 && dead.count(node.output(0)) > 0;
+    });
+    vanished.insert(dead.begin(), dead.end());
+  }
+
   // Float originals go once nothing reads them.
   std::unordered_set<std::string> unused;
   {
@@ -428,7 +597,7 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
       if (after.ConsumerIndices(name).empty() && !after.IsGraphOutput(name)) unused.insert(name);
     }
   }
-  report.quantized_weight_bytes += 1;  // the shared zero point
+  if (!targets.empty()) report.quantized_weight_bytes += 1;  // the shared zero point
   if (!vanished.empty()) {
     EraseWhere(graph.mutable_value_info(), [&](const auto& info) { return vanished.count(info.name()) > 0; });
   }

@@ -27,6 +27,17 @@
 // graph bytes per MatMul (230 instead of 900 on the bundled transformer),
 // which matters for small models.
 //
+// Embedding tables read by Gather (along axis 0) are stored as int8 rows
+// with one float scale per row, which is what makes an NLP model with a
+// large vocabulary small; only the rows a call looks up are converted:
+//
+//   Gather(table_q, ids)                  -> int8 rows
+//   Gather(row_scale [V, 1, ...], ids)    -> their scales
+//   Cast(to = FLOAT), Mul                 -> Y
+//
+// standard operators in both forms. A table some other node reads in float
+// is left alone, since the float copy would have to stay beside it.
+//
 // W_q is W quantized symmetrically per output column (values -127..127) and
 // stored as [K, N]: a Gemm's transB weight is transposed at conversion and
 // its alpha folded into W_scale. W_q is UINT8 with zero point 128 (one
@@ -57,26 +68,28 @@ struct DynamicQuantOptions {
   DynamicQuantForm form = DynamicQuantForm::kOnnxRuntimeFused;
   // Node names kept in float.
   std::set<std::string> skip_quant_node;
-  // A weight is quantized only if it has MORE elements than this.
+  // A weight or table is quantized only if it has MORE elements than this.
   int64_t min_quant_weight_size = 0;
 };
 
 struct DynamicQuantReport {
+  // MatMul/Gemm nodes first, then Gathers.
   std::vector<std::string> quantized_nodes;
   std::vector<SkippedNode> skipped;
   int output_opset = 0;
   // MatMul bias Adds taken into fused nodes (and so removed).
   int fused_bias_adds = 0;
-  // Per stored weight (one per tensor and layout it is read in): 4 bytes per
-  // float element before; integer payload and scale tensors after, plus the
-  // one zero point byte all weights share.
+  // Per stored weight (one per tensor and layout it is read in) and table:
+  // 4 bytes per float element before; integer payload and scale tensors
+  // after, plus the one zero point byte all MatMul/Gemm weights share.
   int64_t float_weight_bytes = 0;
   int64_t quantized_weight_bytes = 0;
 };
 
 // Rewrites the main graph's MatMul nodes whose second input is a rank-2
-// FLOAT initializer, and Gemm nodes with transA = 0 and a FLOAT initializer
-// B, as described above. A fused node keeps the name of the node it
+// FLOAT initializer, Gemm nodes with transA = 0 and a FLOAT initializer B,
+// and Gather nodes on axis 0 of a FLOAT initializer of rank 2 or more, as
+// described above. A fused node keeps the name of the node it
 // replaces. In the standard form an activation read by several quantized
 // nodes is quantized once. Float weights (and Gemm C constants) nothing
 // reads any more are dropped. The fused form adds the com.microsoft opset
