@@ -526,12 +526,14 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
     if (table.quantized_name.empty()) {
       table.quantized_name = names.Make(source + "_quantized");
       table.scale_name = names.Make(source + "_row_scale");
-      new_initializers.push_back(MakeRawTensor(table.quantized_name, onnx_type::kInt8, table.dims, table.payload));
+      const auto elements = static_cast<int64_t>(table.payload.size());
+      new_initializers.push_back(
+          MakeRawTensor(table.quantized_name, onnx_type::kInt8, table.dims, std::move(table.payload)));
       std::vector<int64_t> scale_dims(table.dims.size(), 1);
       scale_dims[0] = table.dims[0];
       new_initializers.push_back(MakeFloatTensor(table.scale_name, scale_dims, table.row_scales));
-      report.float_weight_bytes += static_cast<int64_t>(table.payload.size()) * 4;
-      report.quantized_weight_bytes += static_cast<int64_t>(table.payload.size() + table.row_scales.size() * 4);
+      report.float_weight_bytes += elements * 4;
+      report.quantized_weight_bytes += elements + static_cast<int64_t>(table.row_scales.size()) * 4;
       maybe_unused.insert(source);
     }
     const std::string rows = names.Make(y + "_quantized");
