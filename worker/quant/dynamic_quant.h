@@ -1,6 +1,10 @@
-// Dynamic quantization: the float weights of MatMul and Gemm become 8-bit
-// integers at conversion time, while their float inputs are quantized at run
-// time (range measured per call), so no calibration data is needed.
+// Dynamic quantization: the float weights of MatMul and Gemm (and the
+// embedding tables Gather reads) become 8-bit integers at conversion time,
+// while their float inputs are quantized at run time (range measured per
+// call), so no calibration data is needed. A weight or bias that reaches its
+// node through Identity nodes (how PyTorch writes deduplicated parameters)
+// counts as the initializer behind them; Identity copies nothing reads
+// afterwards are removed.
 //
 // A MatMul (or Gemm) Y = X * W with W a float initializer becomes, in the
 // default form, one ONNX Runtime operator:
