@@ -209,6 +209,15 @@ onnx::NodeProto MakeNode(const std::string& op, const std::string& name, std::ve
   return node;
 }
 
+onnx::NodeProto MakeCastToFloat(const std::string& name, const std::string& input, const std::string& output) {
+  onnx::NodeProto node = MakeNode("Cast", name, {input}, {output});
+  auto* to = node.add_attribute();
+  to->set_name("to");
+  to->set_type(onnx::AttributeProto::INT);
+  to->set_i(onnx_type::kFloat);
+  return node;
+}
+
 template <typename T, typename Pred>
 void EraseWhere(google::protobuf::RepeatedPtrField<T>* field, Pred&& pred) {
   google::protobuf::RepeatedPtrField<T> kept;
@@ -219,9 +228,10 @@ void EraseWhere(google::protobuf::RepeatedPtrField<T>* field, Pred&& pred) {
 }
 
 // Why `node` (a default-domain MatMul or Gemm) cannot be quantized, or ""
-// with Gemm's alpha, beta and transB read into `target` and `transposed`.
+// with its weight (the initializer behind input 1, and whether transB reads
+// it transposed) and Gemm's alpha and beta read into `target`.
 std::string CheckNode(const onnx::NodeProto& node, const GraphView& view, const DynamicQuantOptions& options,
-                      Target& target, bool& transposed) {
+                      Target& target) {
   if (options.skip_quant_node.count(node.name())) return "in skip_quant_node";
   if (node.input_size() < 2 || node.output_size() < 1 || node.input(0).empty() || node.output(0).empty()) {
     return "node lacks inputs or outputs";
@@ -243,7 +253,7 @@ std::string CheckNode(const onnx::NodeProto& node, const GraphView& view, const 
     return std::to_string(*elements) + " weight elements ≤ min_quant_weight_size " +
            std::to_string(options.min_quant_weight_size);
   }
-  transposed = false;
+  bool transposed = false;
   if (node.op_type() == "Gemm") {
     if (const auto* a = FindAttribute(node, "transA"); a && a->i() != 0) return "transA = 1 is not supported";
     const auto* b = FindAttribute(node, "transB");
@@ -252,6 +262,7 @@ std::string CheckNode(const onnx::NodeProto& node, const GraphView& view, const 
     if (const auto* beta = FindAttribute(node, "beta")) target.beta = beta->f();
     if (!std::isfinite(target.alpha) || !std::isfinite(target.beta)) return "alpha or beta is not finite";
   }
+  target.weight = {source, transposed};
   return "";
 }
 
@@ -279,10 +290,8 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
       if (!IsDefaultDomain(node.domain()) || (node.op_type() != "MatMul" && node.op_type() != "Gemm")) continue;
       Target target;
       target.node = i;
-      bool transposed = false;
-      std::string why = CheckNode(node, view, options, target, transposed);
+      std::string why = CheckNode(node, view, options, target);
       if (why.empty()) {
-        target.weight = {ConstantSource(view, node.input(1)), transposed};
         if (auto it = failed.find(target.weight); it != failed.end()) {
           why = it->second;
         } else if (!weights.count(target.weight)) {
@@ -292,7 +301,7 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
           auto values = ReadFloatTensor(tensor);
           if (!values.ok()) {
             why = "weight data is unreadable: " + values.status().message();
-          } else if (transposed) {
+          } else if (target.weight.second) {
             why = QuantizeColumns(Transpose(*values, tensor.dims(0), tensor.dims(1)), tensor.dims(1), tensor.dims(0),
                                   stored);
           } else {
@@ -495,11 +504,7 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
     const std::string multiplier = names.Make(base + "_multiplier");
     chain.push_back(MakeNode("MatMulInteger", names.Make(base + "_MatMulInteger"),
                              {x_q, w.quantized_name, x_zero_point, weight_zero_point}, {product}));
-    auto* to =
-        chain.emplace_back(MakeNode("Cast", names.Make(base + "_Cast"), {product}, {product_float})).add_attribute();
-    to->set_name("to");
-    to->set_type(onnx::AttributeProto::INT);
-    to->set_i(onnx_type::kFloat);
+    chain.push_back(MakeCastToFloat(names.Make(base + "_Cast"), product, product_float));
     // X_scale exists only at run time, so the product of the scales is
     // computed in the graph too.
     chain.push_back(MakeNode("Mul", names.Make(base + "_scale_Mul"), {x_scale, weight_scale}, {multiplier}));
@@ -543,10 +548,7 @@ StatusOr<DynamicQuantReport> QuantizeDynamic(onnx::ModelProto& model, const Dyna
     chain.push_back(MakeNode("Gather", node.name().empty() ? names.Make(base + "_quantized_Gather") : node.name(),
                              {table.quantized_name, indices}, {rows}));
     chain.push_back(MakeNode("Gather", names.Make(base + "_scale_Gather"), {table.scale_name, indices}, {scales}));
-    auto* to = chain.emplace_back(MakeNode("Cast", names.Make(base + "_Cast"), {rows}, {rows_float})).add_attribute();
-    to->set_name("to");
-    to->set_type(onnx::AttributeProto::INT);
-    to->set_i(onnx_type::kFloat);
+    chain.push_back(MakeCastToFloat(names.Make(base + "_Cast"), rows, rows_float));
     chain.push_back(MakeNode("Mul", names.Make(base + "_Mul"), {rows_float, scales}, {y}));
   }
   if (fused && !targets.empty()) {
